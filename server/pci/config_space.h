@@ -1,0 +1,91 @@
+// PCI configuration space as registers plus masks: the bytes a guest reads, a writable-bits
+// mask (everything else is read-only) and a write-1-to-clear mask (status error bits). BAR
+// sizing falls out of the mask: the address bits below the BAR size are read-only zero, so an
+// all-ones write reads back as the size mask with the type flags. Little-endian, as PCI is.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "server/common/status.h"
+
+namespace vfu::pci {
+
+// Standard type-0 header offsets and bits.
+inline constexpr uint32_t kVendorId = 0x00;
+inline constexpr uint32_t kDeviceId = 0x02;
+inline constexpr uint32_t kCommand = 0x04;
+inline constexpr uint32_t kStatus = 0x06;
+inline constexpr uint32_t kRevisionId = 0x08;
+inline constexpr uint32_t kClassProgIf = 0x09;
+inline constexpr uint32_t kCacheLineSize = 0x0c;
+inline constexpr uint32_t kLatencyTimer = 0x0d;
+inline constexpr uint32_t kHeaderType = 0x0e;
+inline constexpr uint32_t kBar0 = 0x10;
+inline constexpr uint32_t kSubsystemVendorId = 0x2c;
+inline constexpr uint32_t kSubsystemId = 0x2e;
+inline constexpr uint32_t kRomAddress = 0x30;
+inline constexpr uint32_t kCapabilitiesPointer = 0x34;
+inline constexpr uint32_t kInterruptLine = 0x3c;
+inline constexpr uint32_t kInterruptPin = 0x3d;
+
+inline constexpr uint16_t kCommandIo = 1u << 0;
+inline constexpr uint16_t kCommandMemory = 1u << 1;
+inline constexpr uint16_t kCommandBusMaster = 1u << 2;
+inline constexpr uint16_t kCommandParity = 1u << 6;
+inline constexpr uint16_t kCommandSerr = 1u << 8;
+inline constexpr uint16_t kCommandIntxDisable = 1u << 10;
+
+inline constexpr uint16_t kStatusInterrupt = 1u << 3;
+inline constexpr uint16_t kStatusCapList = 1u << 4;
+inline constexpr uint16_t kStatusErrorBits = 0xf900;  // RW1C error bits
+
+inline constexpr uint32_t kBarIo = 0x1;
+inline constexpr uint32_t kBarMem64 = 0x4;
+inline constexpr uint32_t kBarPrefetch = 0x8;
+
+inline constexpr size_t kConventionalConfigSize = 256;
+inline constexpr size_t kExpressConfigSize = 4096;
+
+class ConfigSpace {
+ public:
+  explicit ConfigSpace(size_t size = kConventionalConfigSize);
+
+  size_t size() const { return bytes_.size(); }
+
+  // Device-side setup and state (no masks applied).
+  void Set8(uint32_t off, uint8_t v) { bytes_[off] = v; }
+  void Set16(uint32_t off, uint16_t v);
+  void Set32(uint32_t off, uint32_t v);
+  uint8_t Get8(uint32_t off) const { return bytes_[off]; }
+  uint16_t Get16(uint32_t off) const;
+  uint32_t Get32(uint32_t off) const;
+  void SetWritable(uint32_t off, std::span<const uint8_t> mask);
+  void SetWritable16(uint32_t off, uint16_t mask);
+  void SetWritable32(uint32_t off, uint32_t mask);
+  void SetWriteOneToClear16(uint32_t off, uint16_t mask);
+
+  // Declares BAR `index` (0-5) of `size` bytes (a power of two, >= 16 for memory, >= 4 for
+  // I/O) with kBarIo / kBarMem64 / kBarPrefetch flags. A 64-bit BAR also takes index + 1.
+  Status DeclareBar(int index, uint64_t size, uint32_t flags);
+  uint64_t bar_size(int index) const { return bar_sizes_[index]; }
+
+  // Guest accesses (within [0, size), checked by the caller): reads return the bytes; writes
+  // change only writable bits and clear write-1-to-clear bits.
+  void Read(uint32_t off, std::span<uint8_t> out) const;
+  void Write(uint32_t off, std::span<const uint8_t> data);
+
+  // Back to the power-on values recorded by SnapshotResetState().
+  void SnapshotResetState() { reset_bytes_ = bytes_; }
+  void Reset() { bytes_ = reset_bytes_; }
+
+ private:
+  std::vector<uint8_t> bytes_;
+  std::vector<uint8_t> writable_;
+  std::vector<uint8_t> w1c_;
+  std::vector<uint8_t> reset_bytes_;
+  uint64_t bar_sizes_[6] = {};
+};
+
+}  // namespace vfu::pci

@@ -1,0 +1,200 @@
+#include "server/runtime/reactor.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "server/common/log.h"
+
+namespace vfu {
+namespace {
+
+uint64_t NowNs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+constexpr uint64_t kWakeToken = 0;
+
+}  // namespace
+
+Reactor::Reactor() : Reactor(Options{}) {}
+
+Reactor::Reactor(Options options)
+    : options_(options),
+      epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)),
+      wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kWakeToken;
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, wake_fd_.get(), &ev);
+}
+
+Reactor::~Reactor() = default;
+
+Status Reactor::Add(int fd, uint32_t events, FdHandler handler) {
+  if (watches_.count(fd)) return MakeError(EEXIST, "fd already watched");
+  auto watch = std::make_unique<Watch>(Watch{fd, next_token_++, std::move(handler)});
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = watch->token;
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+    return MakeError(errno, std::string("epoll_ctl(ADD): ") + std::strerror(errno));
+  }
+  by_token_[watch->token] = watch.get();
+  watches_[fd] = std::move(watch);
+  return Status::Ok();
+}
+
+Status Reactor::Modify(int fd, uint32_t events) {
+  auto it = watches_.find(fd);
+  if (it == watches_.end()) return MakeError(ENOENT, "fd not watched");
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = it->second->token;
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) {
+    return MakeError(errno, std::string("epoll_ctl(MOD): ") + std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+void Reactor::Remove(int fd) {
+  auto it = watches_.find(fd);
+  if (it == watches_.end()) return;
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  by_token_.erase(it->second->token);
+  watches_.erase(it);
+}
+
+void Reactor::AddPoller(Poller* poller, std::string name) {
+  pollers_.push_back({poller, std::move(name), {}});
+}
+
+void Reactor::RemovePoller(Poller* poller) {
+  pollers_.erase(std::remove_if(pollers_.begin(), pollers_.end(),
+                                [&](const PollerEntry& e) { return e.poller == poller; }),
+                 pollers_.end());
+}
+
+std::vector<std::pair<std::string, PollerStats>> Reactor::poller_stats() const {
+  std::vector<std::pair<std::string, PollerStats>> out;
+  for (const auto& p : pollers_) out.emplace_back(p.name, p.stats);
+  return out;
+}
+
+void Reactor::Post(Task task) {
+  {
+    std::lock_guard<std::mutex> lock(post_mutex_);
+    posted_.push_back(std::move(task));
+  }
+  uint64_t one = 1;
+  (void)::write(wake_fd_.get(), &one, sizeof(one));
+}
+
+void Reactor::Stop() {
+  stop_.store(true);
+  uint64_t one = 1;
+  (void)::write(wake_fd_.get(), &one, sizeof(one));
+}
+
+void Reactor::RunPostedTasks() {
+  std::vector<Task> tasks;
+  {
+    std::lock_guard<std::mutex> lock(post_mutex_);
+    tasks.swap(posted_);
+  }
+  for (Task& t : tasks) t();
+}
+
+bool Reactor::RunPollers() {
+  bool busy = false;
+  // Index loop: a poller may remove itself (or another) while running.
+  for (size_t i = 0; i < pollers_.size(); ++i) {
+    uint64_t start = NowNs();
+    PollResult r = pollers_[i].poller->Poll();
+    uint64_t elapsed = NowNs() - start;
+    if (i >= pollers_.size()) break;
+    PollerStats& s = pollers_[i].stats;
+    if (r == PollResult::kBusy) {
+      busy = true;
+      s.busy_ns += elapsed;
+      ++s.busy_polls;
+    } else {
+      s.idle_ns += elapsed;
+      ++s.idle_polls;
+    }
+  }
+  return busy;
+}
+
+bool Reactor::PollersAgreeToSleep() {
+  for (size_t i = 0; i < pollers_.size(); ++i) {
+    if (!pollers_[i].poller->PrepareToSleep()) {
+      // Roll back: the ones that agreed go back to polling mode.
+      for (size_t j = 0; j <= i && j < pollers_.size(); ++j) pollers_[j].poller->AfterWake();
+      return false;
+    }
+  }
+  return true;
+}
+
+int Reactor::DispatchEvents(int timeout_ms) {
+  constexpr int kMaxEvents = 64;
+  epoll_event events[kMaxEvents];
+  int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, timeout_ms);
+  if (n < 0) return 0;
+  for (int i = 0; i < n; ++i) {
+    uint64_t token = events[i].data.u64;
+    if (token == kWakeToken) {
+      uint64_t v;
+      (void)::read(wake_fd_.get(), &v, sizeof(v));
+      continue;
+    }
+    // A handler may have removed this watch (or another) earlier in this batch.
+    auto it = by_token_.find(token);
+    if (it == by_token_.end()) continue;
+    FdHandler handler = it->second->handler;  // copy: the handler may remove its own watch
+    handler(events[i].events);
+  }
+  RunPostedTasks();
+  return n;
+}
+
+bool Reactor::RunOnce(std::chrono::milliseconds timeout) {
+  bool busy = RunPollers();
+  auto now = std::chrono::steady_clock::now();
+  if (busy) {
+    idle_ = false;
+  } else if (!idle_) {
+    idle_ = true;
+    idle_since_ = now;
+  }
+  bool may_sleep = !options_.busy_poll && idle_ && (now - idle_since_) >= options_.idle_before_sleep;
+  if (!may_sleep || pollers_.empty()) {
+    int timeout_ms = (may_sleep || pollers_.empty()) ? static_cast<int>(timeout.count()) : 0;
+    return DispatchEvents(timeout_ms) > 0 || busy;
+  }
+  if (!PollersAgreeToSleep()) {
+    idle_ = false;
+    return DispatchEvents(0) > 0 || true;
+  }
+  ++sleeps_;
+  int n = DispatchEvents(static_cast<int>(timeout.count()));
+  for (auto& p : pollers_) p.poller->AfterWake();
+  idle_ = false;
+  return n > 0;
+}
+
+void Reactor::Run() {
+  while (!stop_.load(std::memory_order_relaxed)) {
+    RunOnce(std::chrono::milliseconds(1000));
+  }
+  RunPostedTasks();
+}
+
+}  // namespace vfu

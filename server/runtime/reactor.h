@@ -1,0 +1,117 @@
+// Reactor: one thread's event loop. It watches fds with epoll, runs pollers, and executes work
+// posted from other threads (the only way work crosses threads).
+//
+// Pollers return kBusy or kIdle. While any poller is busy the reactor keeps polling (checking
+// fds without sleeping). When every poller has been idle for the idle threshold, the reactor
+// asks each one whether it may sleep (PrepareToSleep: a poller re-arms its notifications and
+// re-checks for work to close the race); only if all agree does it block in epoll until an fd
+// (socket, eventfd, kick) is ready. Busy and idle time are counted per poller.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "server/common/status.h"
+#include "server/common/unique_fd.h"
+
+namespace vfu {
+
+enum class PollResult { kIdle, kBusy };
+
+class Poller {
+ public:
+  virtual ~Poller() = default;
+  virtual PollResult Poll() = 0;
+  // About to sleep: enable notifications and return false if work arrived meanwhile.
+  virtual bool PrepareToSleep() { return true; }
+  // Woken up (or the sleep was called off): notifications may be suppressed again.
+  virtual void AfterWake() {}
+};
+
+struct PollerStats {
+  uint64_t busy_ns = 0;
+  uint64_t idle_ns = 0;
+  uint64_t busy_polls = 0;
+  uint64_t idle_polls = 0;
+};
+
+class Reactor {
+ public:
+  using FdHandler = std::function<void(uint32_t events)>;
+  using Task = std::function<void()>;
+
+  struct Options {
+    // Consecutive idle rounds of every poller before the reactor tries to sleep. 0 sleeps at
+    // the first idle round (interrupt mode); a negative value never sleeps (busy mode).
+    std::chrono::microseconds idle_before_sleep{100};
+    bool busy_poll = false;
+  };
+
+  Reactor();
+  explicit Reactor(Options options);
+  ~Reactor();
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+
+  // Watch an fd (EPOLLIN/EPOLLOUT...). The handler runs on the reactor thread.
+  Status Add(int fd, uint32_t events, FdHandler handler);
+  Status Modify(int fd, uint32_t events);
+  void Remove(int fd);
+
+  void AddPoller(Poller* poller, std::string name);
+  void RemovePoller(Poller* poller);
+  std::vector<std::pair<std::string, PollerStats>> poller_stats() const;
+
+  // Thread-safe: runs `task` on the reactor thread soon.
+  void Post(Task task);
+
+  // Runs until Stop(). RunOnce does one round, waiting at most `timeout` for fds when it may
+  // sleep; it returns whether anything was done.
+  void Run();
+  bool RunOnce(std::chrono::milliseconds timeout);
+  void Stop();  // thread-safe
+  bool stopping() const { return stop_.load(); }
+
+  void set_options(Options options) { options_ = options; }
+  uint64_t sleeps() const { return sleeps_; }
+
+ private:
+  struct Watch {
+    int fd;
+    uint64_t token;
+    FdHandler handler;
+  };
+  struct PollerEntry {
+    Poller* poller;
+    std::string name;
+    PollerStats stats;
+  };
+
+  bool RunPollers();
+  bool PollersAgreeToSleep();
+  int DispatchEvents(int timeout_ms);
+  void RunPostedTasks();
+
+  Options options_;
+  UniqueFd epoll_fd_;
+  UniqueFd wake_fd_;
+  std::unordered_map<int, std::unique_ptr<Watch>> watches_;
+  std::unordered_map<uint64_t, Watch*> by_token_;
+  uint64_t next_token_ = 1;
+  std::vector<PollerEntry> pollers_;
+  std::mutex post_mutex_;
+  std::vector<Task> posted_;
+  std::atomic<bool> stop_{false};
+  std::chrono::steady_clock::time_point idle_since_{};
+  bool idle_ = false;
+  uint64_t sleeps_ = 0;
+};
+
+}  // namespace vfu

@@ -1,0 +1,95 @@
+// The seam between a vfio-user session and the device it serves.
+//
+// A session (one client) talks to a VfioDevice: it asks for the VFIO view of the device
+// (regions, IRQs), forwards region accesses and resets, and tells the device when a client
+// attaches or detaches and when DMA memory disappears. The device talks back through a
+// DeviceContext: guest memory (the session's DMA map table) and interrupt delivery (the
+// session's IRQ eventfds). A device and its session always run on the same reactor thread, so
+// none of these calls need locks.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "server/common/status.h"
+#include "server/protocol/wire.h"
+
+namespace vfu {
+
+// Guest (client) memory as the device sees it: IOVAs that the client DMA-mapped. Every access
+// is checked to lie inside mapped, accessible memory with the required permission.
+class GuestMemory {
+ public:
+  enum class Access { kRead, kWrite };
+  virtual ~GuestMemory() = default;
+  // A host pointer to [iova, iova + len) when that range lies inside one mapped, accessible
+  // region with the permission asked for; otherwise an error (EFAULT, or EACCES).
+  virtual Result<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) = 0;
+  // Copies that may cross region boundaries.
+  virtual Status Read(uint64_t iova, std::span<uint8_t> out) = 0;
+  virtual Status Write(uint64_t iova, std::span<const uint8_t> data) = 0;
+};
+
+// What the session provides to an attached device.
+class DeviceContext {
+ public:
+  virtual ~DeviceContext() = default;
+  virtual GuestMemory& guest_memory() = 0;
+  // Raises interrupt `vector` of IRQ index `index` (e.g. wire::kPciMsixIrqIndex). Masked
+  // interrupts become pending; returns true when an eventfd was signalled.
+  virtual bool TriggerIrq(uint32_t index, uint32_t vector) = 0;
+  virtual bool IrqPending(uint32_t index, uint32_t vector) const = 0;
+};
+
+struct RegionDescription {
+  uint64_t size = 0;
+  uint32_t flags = 0;  // wire::kRegionFlagRead / Write / Mmap
+  // With kRegionFlagMmap: the fd the client maps (borrowed; lives as long as the device), the
+  // offset of the region in it, and the mmappable sub-areas (offsets relative to the region).
+  int mmap_fd = -1;
+  uint64_t mmap_offset = 0;
+  std::vector<wire::SparseMmapArea> sparse_areas;
+};
+
+struct IrqDescription {
+  uint32_t count = 0;
+  uint32_t flags = 0;  // wire::kIrqInfo*
+};
+
+class VfioDevice {
+ public:
+  virtual ~VfioDevice() = default;
+
+  virtual uint32_t device_flags() const { return wire::kDeviceFlagPci | wire::kDeviceFlagReset; }
+  virtual uint32_t num_regions() const { return wire::kPciNumRegions; }
+  virtual uint32_t num_irqs() const { return wire::kPciNumIrqs; }
+  virtual RegionDescription DescribeRegion(uint32_t index) const = 0;
+  virtual IrqDescription DescribeIrq(uint32_t index) const = 0;
+
+  // Accesses inside [0, size) of a region with the matching READ/WRITE flag; the session has
+  // checked the bounds and flags already.
+  virtual Status ReadRegion(uint32_t index, uint64_t offset, std::span<uint8_t> out) = 0;
+  virtual Status WriteRegion(uint32_t index, uint64_t offset, std::span<const uint8_t> data) = 0;
+
+  virtual Status Reset() = 0;
+
+  // A client session starts / ends. After Detach the device must not touch guest memory or
+  // raise interrupts; its own state (registers, backing data) is kept for the next client.
+  virtual void Attach(DeviceContext* context) = 0;
+  virtual void Detach() = 0;
+
+  // The client is about to unmap [iova, iova + size): drop every reference into it now.
+  virtual void OnDmaRangeRemoved(uint64_t iova, uint64_t size) {
+    (void)iova;
+    (void)size;
+  }
+  // An IRQ's mask state changed (e.g. MSI-X vector unmasked via SET_IRQS).
+  virtual void OnIrqMaskChanged(uint32_t index, uint32_t vector, bool masked) {
+    (void)index;
+    (void)vector;
+    (void)masked;
+  }
+};
+
+}  // namespace vfu

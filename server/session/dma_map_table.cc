@@ -1,0 +1,139 @@
+#include "server/session/dma_map_table.h"
+
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iterator>
+#include <string>
+
+#include "server/common/checked_math.h"
+#include "server/protocol/wire.h"
+
+namespace vfu {
+namespace {
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+Status DmaMapTable::Map(uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags,
+                        UniqueFd fd) {
+  if (size == 0 || !RangeFitsAddressSpace(iova, size)) {
+    return MakeError(EINVAL, "DMA range is empty or wraps");
+  }
+  if (regions_.size() >= max_regions_) {
+    return MakeError(ENOSPC, "DMA map table is full (" + std::to_string(max_regions_) + " maps)");
+  }
+  // Overlap: the first region at or after iova, and the one before it.
+  auto next = regions_.lower_bound(iova);
+  if (next != regions_.end() && RangesOverlap(iova, size, next->second.iova, next->second.size)) {
+    return MakeError(EEXIST, "DMA map [" + Hex(iova) + ", +" + Hex(size) + ") overlaps the map at " +
+                                 Hex(next->second.iova));
+  }
+  if (next != regions_.begin()) {
+    auto prev = std::prev(next);
+    if (RangesOverlap(iova, size, prev->second.iova, prev->second.size)) {
+      return MakeError(EEXIST, "DMA map [" + Hex(iova) + ", +" + Hex(size) +
+                                   ") overlaps the map at " + Hex(prev->second.iova));
+    }
+  }
+  Region region;
+  region.iova = iova;
+  region.size = size;
+  region.readable = flags & wire::kDmaFlagRead;
+  region.writable = flags & wire::kDmaFlagWrite;
+  if (fd.valid()) {
+    struct stat st{};
+    if (::fstat(fd.get(), &st) != 0) return MakeError(errno, "fstat of the DMA fd failed");
+    // Mapping past the end of a file would turn a later guest access into SIGBUS.
+    if (!S_ISREG(st.st_mode)) return MakeError(EINVAL, "DMA fd is not a regular file or memfd");
+    if (!RangeWithin(offset, size, static_cast<uint64_t>(st.st_size))) {
+      return MakeError(EINVAL, "DMA map offset " + Hex(offset) + " + size " + Hex(size) +
+                                   " is beyond the end of the fd (" + Hex(st.st_size) + ")");
+    }
+    int prot = (region.readable ? PROT_READ : 0) | (region.writable ? PROT_WRITE : 0);
+    auto mapping = MemoryMapping::Map(fd.get(), offset, size, prot);
+    if (!mapping) return mapping.error();
+    region.mapping = std::move(*mapping);
+    // The fd itself is not needed once mapped; it is closed here (UniqueFd).
+  }
+  regions_.emplace(iova, std::move(region));
+  return Status::Ok();
+}
+
+Status DmaMapTable::Unmap(uint64_t iova, uint64_t size) {
+  auto it = regions_.find(iova);
+  if (it == regions_.end() || it->second.size != size) {
+    return MakeError(ENOENT, "no DMA map is exactly [" + Hex(iova) + ", +" + Hex(size) + ")");
+  }
+  regions_.erase(it);
+  return Status::Ok();
+}
+
+uint64_t DmaMapTable::mapped_bytes() const {
+  uint64_t total = 0;
+  for (const auto& [iova, r] : regions_) total += r.size;
+  return total;
+}
+
+DmaMapTable::Region* DmaMapTable::Find(uint64_t iova) {
+  auto it = regions_.upper_bound(iova);
+  if (it == regions_.begin()) return nullptr;
+  --it;
+  Region& r = it->second;
+  return (iova - r.iova < r.size) ? &r : nullptr;
+}
+
+Result<uint8_t*> DmaMapTable::Translate(uint64_t iova, uint64_t len, Access access) {
+  Region* r = Find(iova);
+  if (r == nullptr || !RangeWithin(iova - r->iova, len, r->size)) {
+    return MakeError(EFAULT, "guest range [" + Hex(iova) + ", +" + Hex(len) +
+                                 ") is not inside one DMA map");
+  }
+  if (!r->mapping.valid()) {
+    return MakeError(EFAULT, "guest range at " + Hex(iova) + " was mapped without an fd");
+  }
+  if ((access == Access::kRead && !r->readable) || (access == Access::kWrite && !r->writable)) {
+    return MakeError(EACCES, "guest range at " + Hex(iova) + " does not allow this access");
+  }
+  return r->mapping.data() + (iova - r->iova);
+}
+
+Status DmaMapTable::Read(uint64_t iova, std::span<uint8_t> out) {
+  if (!RangeFitsAddressSpace(iova, out.size())) return MakeError(EFAULT, "guest range wraps");
+  size_t done = 0;
+  while (done < out.size()) {
+    Region* r = Find(iova + done);
+    if (r == nullptr) return MakeError(EFAULT, "guest address " + Hex(iova + done) + " is not mapped");
+    uint64_t in_region = r->size - (iova + done - r->iova);
+    uint64_t chunk = std::min<uint64_t>(in_region, out.size() - done);
+    auto p = Translate(iova + done, chunk, Access::kRead);
+    if (!p) return p.error();
+    std::memcpy(out.data() + done, *p, chunk);
+    done += chunk;
+  }
+  return Status::Ok();
+}
+
+Status DmaMapTable::Write(uint64_t iova, std::span<const uint8_t> data) {
+  if (!RangeFitsAddressSpace(iova, data.size())) return MakeError(EFAULT, "guest range wraps");
+  size_t done = 0;
+  while (done < data.size()) {
+    Region* r = Find(iova + done);
+    if (r == nullptr) return MakeError(EFAULT, "guest address " + Hex(iova + done) + " is not mapped");
+    uint64_t in_region = r->size - (iova + done - r->iova);
+    uint64_t chunk = std::min<uint64_t>(in_region, data.size() - done);
+    auto p = Translate(iova + done, chunk, Access::kWrite);
+    if (!p) return p.error();
+    std::memcpy(*p, data.data() + done, chunk);
+    done += chunk;
+  }
+  return Status::Ok();
+}
+
+}  // namespace vfu

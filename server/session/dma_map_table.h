@@ -1,0 +1,54 @@
+// The DMA map table of one client: the guest memory ranges it shared with DMA_MAP, mmap()ed
+// from the fds it passed (or recorded as not directly accessible when it passed none). It is
+// the GuestMemory that devices read and write through, so it is where every guest address is
+// checked. Maps must not overlap; unmaps must match a map exactly (or be "unmap all").
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <span>
+
+#include "server/common/mapping.h"
+#include "server/common/status.h"
+#include "server/common/unique_fd.h"
+#include "server/session/device.h"
+
+namespace vfu {
+
+class DmaMapTable : public GuestMemory {
+ public:
+  struct Region {
+    uint64_t iova = 0;
+    uint64_t size = 0;
+    bool readable = false;
+    bool writable = false;
+    MemoryMapping mapping;  // invalid when the client passed no fd
+  };
+
+  explicit DmaMapTable(size_t max_regions) : max_regions_(max_regions) {}
+
+  // Adds [iova, iova + size). With an fd: checks it is a regular file (memfd, hugetlbfs, tmpfs)
+  // large enough for offset + size, and maps it with the permissions in `flags`. EEXIST on
+  // overlap, ENOSPC when the table is full.
+  Status Map(uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags, UniqueFd fd);
+  // Removes exactly [iova, iova + size); ENOENT when no map matches.
+  Status Unmap(uint64_t iova, uint64_t size);
+  void UnmapAll() { regions_.clear(); }
+
+  size_t size() const { return regions_.size(); }
+  uint64_t mapped_bytes() const;
+  const std::map<uint64_t, Region>& regions() const { return regions_; }
+
+  Result<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) override;
+  Status Read(uint64_t iova, std::span<uint8_t> out) override;
+  Status Write(uint64_t iova, std::span<const uint8_t> data) override;
+
+ private:
+  // The region containing iova, or nullptr.
+  Region* Find(uint64_t iova);
+
+  size_t max_regions_;
+  std::map<uint64_t, Region> regions_;  // keyed by iova
+};
+
+}  // namespace vfu

@@ -1,0 +1,106 @@
+#include "server/session/endpoint.h"
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+namespace vfu {
+
+DeviceEndpoint::DeviceEndpoint(std::string id, std::string socket_path, VfioDevice* device,
+                               Reactor* reactor, SessionOptions options)
+    : id_(std::move(id)),
+      socket_path_(std::move(socket_path)),
+      device_(device),
+      reactor_(reactor),
+      options_(options),
+      log_({{"device", id_}}) {}
+
+DeviceEndpoint::~DeviceEndpoint() { Stop(); }
+
+Status DeviceEndpoint::Start() {
+  auto listener = UnixListener::Bind(socket_path_);
+  if (!listener) return listener.error();
+  listener_ = std::move(*listener);
+  Status s = reactor_->Add(listener_.fd(), EPOLLIN, [this](uint32_t) { OnAccept(); });
+  if (!s.ok()) {
+    listener_ = UnixListener();
+    return s;
+  }
+  log_.Info("listening", {{"socket", socket_path_}});
+  return Status::Ok();
+}
+
+void DeviceEndpoint::Stop() {
+  EndSession();
+  if (listener_.fd() >= 0) {
+    reactor_->Remove(listener_.fd());
+    listener_ = UnixListener();  // closes and unlinks
+  }
+}
+
+void DeviceEndpoint::OnAccept() {
+  while (true) {
+    auto conn = listener_.Accept();
+    if (!conn) {
+      if (conn.error().code != EAGAIN) log_.Warn("accept failed", {{"error", conn.error().message}});
+      return;
+    }
+    if (session_) {
+      ++stats_.rejected_clients;
+      log_.Warn("rejecting a second client: the device already has one",
+                {{"client", std::to_string(client_counter_)}});
+      continue;  // conn closes here
+    }
+    ++client_counter_;
+    ++stats_.connects;
+    LogContext session_log(log_.fields());
+    session_log.Set("client", std::to_string(client_counter_));
+    session_log.Info("client connected");
+    int fd = conn->fd();
+    session_ = std::make_unique<Session>(std::move(*conn), device_, options_, session_log);
+    session_events_ = EPOLLIN | EPOLLRDHUP;
+    Status s = reactor_->Add(fd, session_events_,
+                             [this](uint32_t events) { OnSessionEvent(events); });
+    if (!s.ok()) {
+      log_.Error("cannot watch the client socket", {{"error", s.message()}});
+      session_.reset();
+    }
+  }
+}
+
+void DeviceEndpoint::OnSessionEvent(uint32_t events) {
+  if (!session_) return;
+  Session::State state = Session::State::kOpen;
+  if (events & EPOLLOUT) state = session_->OnWritable();
+  if (state == Session::State::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR))) {
+    state = session_->OnReadable();
+  }
+  if (state == Session::State::kClosed) {
+    EndSession();
+    return;
+  }
+  UpdateSessionInterest();
+}
+
+void DeviceEndpoint::UpdateSessionInterest() {
+  // Write interest while replies are queued; no read interest while too many are queued.
+  uint32_t events = EPOLLRDHUP | (session_->WantsWrite() ? EPOLLOUT : 0u) |
+                    (session_->ReadPaused() ? 0u : EPOLLIN);
+  if (events == session_events_) return;
+  (void)reactor_->Modify(session_->fd(), events);
+  session_events_ = events;
+}
+
+void DeviceEndpoint::EndSession() {
+  if (!session_) return;
+  reactor_->Remove(session_->fd());
+  const SessionStats& s = session_->stats();
+  session_->log().Info("session ended; client resources released",
+                       {{"messages", std::to_string(s.messages)},
+                        {"errors", std::to_string(s.errors)},
+                        {"dma_maps_released", std::to_string(session_->dma_maps().size())},
+                        {"irq_fds_released", std::to_string(session_->irqs().eventfd_count())}});
+  session_.reset();
+  ++stats_.disconnects;
+}
+
+}  // namespace vfu

@@ -1,0 +1,64 @@
+// DeviceEndpoint: one device served on one unix socket. It owns the listener and at most one
+// Session (vfio-user allows one client per socket); a second client that connects while one is
+// attached is accepted and closed at once, with a log line. When the client goes away the
+// session's resources are released and the socket accepts the next client; the device keeps
+// its state. Everything runs on the reactor thread the endpoint was started on.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "server/common/log.h"
+#include "server/runtime/reactor.h"
+#include "server/session/device.h"
+#include "server/session/session.h"
+#include "server/transport/unix_socket.h"
+
+namespace vfu {
+
+struct EndpointStats {
+  uint64_t connects = 0;
+  uint64_t disconnects = 0;
+  uint64_t rejected_clients = 0;
+};
+
+class DeviceEndpoint {
+ public:
+  DeviceEndpoint(std::string id, std::string socket_path, VfioDevice* device, Reactor* reactor,
+                 SessionOptions options = {});
+  ~DeviceEndpoint();
+  DeviceEndpoint(const DeviceEndpoint&) = delete;
+  DeviceEndpoint& operator=(const DeviceEndpoint&) = delete;
+
+  // Binds the socket and starts accepting (call on the reactor thread, or before Run()).
+  Status Start();
+  // Stops accepting, ends the session, removes the socket file.
+  void Stop();
+
+  const std::string& id() const { return id_; }
+  const std::string& socket_path() const { return socket_path_; }
+  bool client_connected() const { return session_ != nullptr; }
+  const Session* session() const { return session_.get(); }
+  const EndpointStats& stats() const { return stats_; }
+
+ private:
+  void OnAccept();
+  void OnSessionEvent(uint32_t events);
+  void UpdateSessionInterest();
+  void EndSession();
+
+  std::string id_;
+  std::string socket_path_;
+  VfioDevice* device_;
+  Reactor* reactor_;
+  SessionOptions options_;
+  LogContext log_;
+  UnixListener listener_;
+  std::unique_ptr<Session> session_;
+  uint32_t session_events_ = 0;  // what the session's fd is registered for
+  uint64_t client_counter_ = 0;
+  EndpointStats stats_;
+};
+
+}  // namespace vfu

@@ -1,0 +1,153 @@
+#include "server/session/irq_table.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "server/common/checked_math.h"
+
+namespace vfu {
+
+IrqTable::IrqTable(std::vector<IrqDescription> indexes) {
+  for (const IrqDescription& d : indexes) {
+    Index idx;
+    idx.desc = d;
+    idx.vectors.resize(d.count);
+    indexes_.push_back(std::move(idx));
+  }
+}
+
+Status IrqTable::Apply(const proto::SetIrqsRequest& request, std::vector<UniqueFd> fds,
+                       std::vector<MaskChange>* changes) {
+  const wire::IrqSet& s = request.set;
+  if (s.index >= indexes_.size()) {
+    return MakeError(EINVAL, "SET_IRQS index " + std::to_string(s.index) + " out of range");
+  }
+  Index& idx = indexes_[s.index];
+  uint32_t data = s.flags & wire::kIrqSetDataMask;
+  uint32_t action = s.flags & wire::kIrqSetActionMaskAll;
+
+  if (s.count == 0) {  // DATA_NONE only (checked by the decoder)
+    if (action == wire::kIrqSetActionTrigger) {
+      for (Vector& v : idx.vectors) {
+        v.trigger.Reset();
+        v.pending = false;
+      }
+    }
+    return Status::Ok();
+  }
+  if (!RangeWithin(s.start, s.count, idx.vectors.size())) {
+    return MakeError(EINVAL, "SET_IRQS [" + std::to_string(s.start) + ", +" +
+                                 std::to_string(s.count) + ") outside index " +
+                                 std::to_string(s.index) + " with " +
+                                 std::to_string(idx.vectors.size()) + " vectors");
+  }
+  if ((action == wire::kIrqSetActionMask || action == wire::kIrqSetActionUnmask) &&
+      !(idx.desc.flags & wire::kIrqInfoMaskable)) {
+    return MakeError(EINVAL, "SET_IRQS mask/unmask on a non-maskable index");
+  }
+  if (data == wire::kIrqSetDataEventfd) {
+    if (action != wire::kIrqSetActionTrigger) {
+      return MakeError(ENOTSUP, "SET_IRQS eventfds for mask/unmask are not supported");
+    }
+    if (!(idx.desc.flags & wire::kIrqInfoEventfd)) {
+      return MakeError(EINVAL, "SET_IRQS eventfd on an index without eventfd support");
+    }
+    for (uint32_t i = 0; i < s.count; ++i) {
+      Vector& v = idx.vectors[s.start + i];
+      v.trigger = fds.empty() ? UniqueFd() : std::move(fds[i]);
+      // An interrupt raised while no eventfd was attached is delivered now.
+      if (v.trigger.valid() && v.pending && !v.masked) {
+        v.pending = false;
+        Signal(v);
+      }
+    }
+    return Status::Ok();
+  }
+  for (uint32_t i = 0; i < s.count; ++i) {
+    if (data == wire::kIrqSetDataBool && request.bools[i] == 0) continue;
+    uint32_t vector = s.start + i;
+    switch (action) {
+      case wire::kIrqSetActionMask:
+        SetMask(s.index, vector, true, changes);
+        break;
+      case wire::kIrqSetActionUnmask:
+        SetMask(s.index, vector, false, changes);
+        break;
+      case wire::kIrqSetActionTrigger:
+        Trigger(s.index, vector);
+        break;
+      default:
+        break;
+    }
+  }
+  return Status::Ok();
+}
+
+void IrqTable::SetMask(uint32_t index, uint32_t vector, bool masked,
+                       std::vector<MaskChange>* changes) {
+  Vector& v = indexes_[index].vectors[vector];
+  bool was = v.masked;
+  v.masked = masked;
+  if (!masked && v.pending && v.trigger.valid()) {
+    v.pending = false;
+    Signal(v);
+    if (indexes_[index].desc.flags & wire::kIrqInfoAutomasked) v.masked = true;
+  }
+  if (was != v.masked && changes != nullptr) changes->push_back({index, vector, v.masked});
+}
+
+bool IrqTable::Signal(Vector& v) {
+  uint64_t one = 1;
+  ssize_t n = ::write(v.trigger.get(), &one, sizeof(one));
+  if (n == sizeof(one)) {
+    ++delivered_;
+    return true;
+  }
+  return false;
+}
+
+bool IrqTable::Trigger(uint32_t index, uint32_t vector) {
+  if (index >= indexes_.size() || vector >= indexes_[index].vectors.size()) return false;
+  Index& idx = indexes_[index];
+  Vector& v = idx.vectors[vector];
+  if (v.masked || !v.trigger.valid()) {
+    v.pending = true;
+    return false;
+  }
+  bool ok = Signal(v);
+  if (idx.desc.flags & wire::kIrqInfoAutomasked) v.masked = true;
+  return ok;
+}
+
+bool IrqTable::Pending(uint32_t index, uint32_t vector) const {
+  return index < indexes_.size() && vector < indexes_[index].vectors.size() &&
+         indexes_[index].vectors[vector].pending;
+}
+
+bool IrqTable::Masked(uint32_t index, uint32_t vector) const {
+  return index < indexes_.size() && vector < indexes_[index].vectors.size() &&
+         indexes_[index].vectors[vector].masked;
+}
+
+bool IrqTable::HasEventfd(uint32_t index, uint32_t vector) const {
+  return index < indexes_.size() && vector < indexes_[index].vectors.size() &&
+         indexes_[index].vectors[vector].trigger.valid();
+}
+
+void IrqTable::Clear() {
+  for (Index& idx : indexes_) {
+    for (Vector& v : idx.vectors) v = Vector{};
+  }
+}
+
+size_t IrqTable::eventfd_count() const {
+  size_t n = 0;
+  for (const Index& idx : indexes_) {
+    for (const Vector& v : idx.vectors) n += v.trigger.valid();
+  }
+  return n;
+}
+
+}  // namespace vfu

@@ -1,0 +1,99 @@
+#include "server/session/message_stream.h"
+
+#include <fcntl.h>
+
+#include <cstring>
+
+namespace vfu {
+
+Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
+  while (true) {
+    std::span<uint8_t> target;
+    if (!in_payload_) {
+      if (header_have_ == 0) msg->Clear();
+      target = {header_buf_ + header_have_, sizeof(header_buf_) - header_have_};
+    } else {
+      target = {msg->payload.data() + payload_have_, msg->payload.size() - payload_have_};
+    }
+    auto got = connection_.Receive(target, &msg->fds);
+    if (!got) {
+      if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
+      return got.error();
+    }
+    if (got->fds_truncated) msg->fds_truncated = true;
+    if (got->bytes == 0) return ReadStatus::kClosed;
+    if (!in_payload_) {
+      header_have_ += got->bytes;
+      if (header_have_ < sizeof(header_buf_)) continue;
+      std::memcpy(&msg->header, header_buf_, sizeof(header_buf_));
+      last_header_ = msg->header;
+      auto header = proto::DecodeHeader({header_buf_, sizeof(header_buf_)}, max_message_size_);
+      if (!header) return header.error();
+      msg->payload.resize(header->msg_size - sizeof(wire::Header));
+      payload_have_ = 0;
+      in_payload_ = true;
+      if (msg->payload.empty()) {
+        in_payload_ = false;
+        header_have_ = 0;
+        return ReadStatus::kMessage;
+      }
+      // Fall through to read the payload; fds that arrive with it belong to this message too.
+      continue;
+    } else {
+      payload_have_ += got->bytes;
+    }
+    if (payload_have_ == msg->payload.size()) {
+      in_payload_ = false;
+      header_have_ = 0;
+      payload_have_ = 0;
+      return ReadStatus::kMessage;
+    }
+  }
+}
+
+Status MessageStream::Send(std::span<const uint8_t> bytes, std::span<const int> fds) {
+  size_t sent = 0;
+  if (pending_.empty()) {
+    iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
+    auto n = connection_.Send({&iov, 1}, fds);
+    if (!n && n.error().code != EAGAIN) return n.error();
+    if (n) {
+      sent = *n;
+      if (sent == bytes.size()) return Status::Ok();
+    }
+  }
+  Pending p;
+  p.bytes.assign(bytes.begin() + static_cast<ptrdiff_t>(sent), bytes.end());
+  if (sent == 0) {
+    // Nothing went out, so the fds still have to: keep our own duplicates until they do.
+    for (int fd : fds) {
+      int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (dup < 0) return MakeError(errno, "dup of an fd to send failed");
+      p.fds.emplace_back(dup);
+    }
+  }
+  pending_bytes_ += p.bytes.size();
+  pending_.push_back(std::move(p));
+  return Status::Ok();
+}
+
+Status MessageStream::Flush() {
+  while (!pending_.empty()) {
+    Pending& p = pending_.front();
+    iovec iov{p.bytes.data() + p.sent, p.bytes.size() - p.sent};
+    std::vector<int> raw;
+    if (p.sent == 0) {
+      for (const UniqueFd& fd : p.fds) raw.push_back(fd.get());
+    }
+    auto n = connection_.Send({&iov, 1}, raw);
+    if (!n) return n.error().code == EAGAIN ? Status::Ok() : Status(n.error());
+    p.sent += *n;
+    pending_bytes_ -= *n;
+    p.fds.clear();
+    if (p.sent < p.bytes.size()) return Status::Ok();
+    pending_.pop_front();
+  }
+  return Status::Ok();
+}
+
+}  // namespace vfu

@@ -1,0 +1,80 @@
+// MessageStream frames vfio-user messages over a UnixConnection, for both the server session
+// and the client library. Reading is incremental and never blocks a non-blocking socket: the
+// 16-byte header is read first (so fds are attributed to the message they came with and never
+// to its neighbour), then exactly msg_size - 16 payload bytes. Writing sends whole messages and
+// queues whatever the socket does not take now, keeping the fds for the first byte.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "server/common/status.h"
+#include "server/common/unique_fd.h"
+#include "server/protocol/codec.h"
+#include "server/protocol/wire.h"
+#include "server/transport/unix_socket.h"
+
+namespace vfu {
+
+struct InboundMessage {
+  wire::Header header{};
+  std::vector<uint8_t> payload;
+  std::vector<UniqueFd> fds;
+  bool fds_truncated = false;  // the sender passed more fds than kMaxReceiveFds
+
+  proto::Bytes bytes() const { return {payload.data(), payload.size()}; }
+  void Clear() {
+    payload.clear();
+    fds.clear();
+    fds_truncated = false;
+  }
+};
+
+enum class ReadStatus { kMessage, kWouldBlock, kClosed };
+
+class MessageStream {
+ public:
+  MessageStream() = default;
+  MessageStream(UnixConnection connection, uint32_t max_message_size = proto::kMaxMessageSize)
+      : connection_(std::move(connection)), max_message_size_(max_message_size) {}
+
+  // Advances reading. kMessage: *msg holds one complete message. kClosed: the peer closed the
+  // stream (mid_message() tells whether it did so inside a message). An error means the
+  // stream is out of step (bad msg_size, socket error) and must be closed; the header of the
+  // offending message, when it was read, is in last_header().
+  Result<ReadStatus> Read(InboundMessage* msg);
+  bool mid_message() const { return header_have_ > 0; }
+  const std::optional<wire::Header>& last_header() const { return last_header_; }
+
+  // Sends one whole message (fds ride with its first byte). What the socket does not accept
+  // now is queued and sent by Flush(); messages never interleave.
+  Status Send(std::span<const uint8_t> bytes, std::span<const int> fds = {});
+  Status Flush();
+  bool HasPendingOutput() const { return !pending_.empty(); }
+  size_t pending_bytes() const { return pending_bytes_; }
+
+  UnixConnection& connection() { return connection_; }
+  int fd() const { return connection_.fd(); }
+
+ private:
+  struct Pending {
+    std::vector<uint8_t> bytes;
+    size_t sent = 0;
+    std::vector<UniqueFd> fds;  // duplicates, sent with the first byte
+  };
+
+  UnixConnection connection_;
+  uint32_t max_message_size_ = proto::kMaxMessageSize;
+  uint8_t header_buf_[sizeof(wire::Header)] = {};
+  size_t header_have_ = 0;
+  size_t payload_have_ = 0;
+  bool in_payload_ = false;
+  std::optional<wire::Header> last_header_;
+  std::deque<Pending> pending_;
+  size_t pending_bytes_ = 0;
+};
+
+}  // namespace vfu

@@ -1,0 +1,193 @@
+#include "server/transport/unix_socket.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace vfu {
+namespace {
+
+Error Errno(const char* what) {
+  int err = errno;
+  return MakeError(err, std::string(what) + ": " + std::strerror(err));
+}
+
+Result<sockaddr_un> MakeAddress(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return MakeError(ENAMETOOLONG, "socket path is empty or longer than " +
+                                       std::to_string(sizeof(addr.sun_path) - 1) + " bytes: " + path);
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+}  // namespace
+
+Result<UnixConnection> UnixConnection::Connect(const std::string& path) {
+  auto addr = MakeAddress(path);
+  if (!addr) return addr.error();
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Errno("socket");
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) {
+    int err = errno;
+    return MakeError(err, "connect to " + path + ": " + std::strerror(err));
+  }
+  return UnixConnection(std::move(fd));
+}
+
+Result<std::pair<UnixConnection, UnixConnection>> UnixConnection::Pair() {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) != 0) {
+    return Errno("socketpair");
+  }
+  return std::make_pair(UnixConnection(UniqueFd(fds[0])), UnixConnection(UniqueFd(fds[1])));
+}
+
+Result<UnixConnection::Received> UnixConnection::Receive(std::span<uint8_t> buf, std::vector<UniqueFd>* fds) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxReceiveFds)];
+  iovec iov{buf.data(), buf.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
+    return Errno("recvmsg");
+  }
+  // Take ownership of every fd first, so that any error below closes them.
+  size_t first_new = fds->size();
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const auto* data = reinterpret_cast<const unsigned char*>(CMSG_DATA(c));
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, data + i * sizeof(int), sizeof(int));
+      fds->emplace_back(fd);
+    }
+  }
+  Received received{static_cast<size_t>(n), false};
+  if (msg.msg_flags & MSG_CTRUNC) {
+    fds->resize(first_new);
+    received.fds_truncated = true;
+  }
+  return received;
+}
+
+Result<size_t> UnixConnection::Send(std::span<const iovec> iov, std::span<const int> fds) {
+  msghdr msg{};
+  msg.msg_iov = const_cast<iovec*>(iov.data());
+  msg.msg_iovlen = iov.size();
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxReceiveFds)];
+  if (!fds.empty()) {
+    if (fds.size() > kMaxReceiveFds) return MakeError(EINVAL, "too many fds to send");
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  ssize_t n;
+  do {
+    n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "socket buffer full");
+    return Errno("sendmsg");
+  }
+  return static_cast<size_t>(n);
+}
+
+Status UnixConnection::SetNonBlocking(bool non_blocking) {
+  int flags = ::fcntl(fd_.get(), F_GETFL);
+  if (flags < 0) return Errno("fcntl(F_GETFL)");
+  flags = non_blocking ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+  if (::fcntl(fd_.get(), F_SETFL, flags) != 0) return Errno("fcntl(F_SETFL)");
+  return Status::Ok();
+}
+
+Status UnixConnection::SetReceiveTimeout(std::chrono::milliseconds timeout) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0) {
+    return Errno("setsockopt(SO_RCVTIMEO)");
+  }
+  return Status::Ok();
+}
+
+UnixListener::~UnixListener() {
+  if (fd_.valid() && !path_.empty()) ::unlink(path_.c_str());
+}
+
+UnixListener::UnixListener(UnixListener&& other) noexcept
+    : fd_(std::move(other.fd_)), path_(std::move(other.path_)) {
+  other.path_.clear();
+}
+
+UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
+  if (this != &other) {
+    if (fd_.valid() && !path_.empty()) ::unlink(path_.c_str());
+    fd_ = std::move(other.fd_);
+    path_ = std::move(other.path_);
+    other.path_.clear();
+  }
+  return *this;
+}
+
+Result<UnixListener> UnixListener::Bind(const std::string& path, int backlog) {
+  auto addr = MakeAddress(path);
+  if (!addr) return addr.error();
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return MakeError(EEXIST, path + " exists and is not a socket; refusing to replace it");
+    }
+    // A leftover socket: replace it only if nobody is listening on it any more.
+    auto probe = UnixConnection::Connect(path);
+    if (probe) return MakeError(EADDRINUSE, path + " is in use by a running server");
+    ::unlink(path.c_str());
+  }
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return Errno("socket");
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) {
+    int err = errno;
+    return MakeError(err, "bind " + path + ": " + std::strerror(err));
+  }
+  if (::listen(fd.get(), backlog) != 0) {
+    Error e = Errno("listen");
+    ::unlink(path.c_str());
+    return e;
+  }
+  UnixListener listener;
+  listener.fd_ = std::move(fd);
+  listener.path_ = path;
+  return listener;
+}
+
+Result<UnixConnection> UnixListener::Accept() {
+  int fd;
+  do {
+    fd = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no pending connection");
+    return Errno("accept4");
+  }
+  return UnixConnection(UniqueFd(fd));
+}
+
+}  // namespace vfu
