@@ -23,6 +23,7 @@ Options:
   --initrd FILE        initramfs to boot (required)
   --socket PATH        add a vfio-user-pci device connected to the unix socket PATH
                        (repeatable; the server must already listen there)
+  --msg-timeout MS     x-msg-timeout of each vfio-user-pci device (QEMU's default: 5000)
   --smp N              guest CPUs (default 1)
   --mem SIZE           guest RAM, QEMU size syntax (default 512M)
   --timeout SECONDS    kill QEMU after this long (default 120)
@@ -47,6 +48,7 @@ source "$SCRIPT_DIR/lib.sh"
 
 INITRD=""
 SOCKETS=()
+MSG_TIMEOUT=""
 SMP=1
 MEM=512M
 TIMEOUT=120
@@ -61,6 +63,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --initrd) need "$@"; INITRD="$2"; shift ;;
         --socket) need "$@"; SOCKETS+=("$2"); shift ;;
+        --msg-timeout) need "$@"; MSG_TIMEOUT="$2"; shift ;;
         --smp) need "$@"; SMP="$2"; shift ;;
         --mem) need "$@"; MEM="$2"; shift ;;
         --timeout) need "$@"; TIMEOUT="$2"; shift ;;
@@ -80,6 +83,8 @@ done
 [[ -f "$INITRD" ]] || { echo "run-guest.sh: no such initrd: $INITRD" >&2; exit 2; }
 [[ "$SMP" =~ ^[1-9][0-9]*$ ]] || { echo "run-guest.sh: bad --smp: $SMP" >&2; exit 2; }
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || { echo "run-guest.sh: bad --timeout: $TIMEOUT" >&2; exit 2; }
+[[ -z "$MSG_TIMEOUT" || "$MSG_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || {
+    echo "run-guest.sh: bad --msg-timeout: $MSG_TIMEOUT" >&2; exit 2; }
 if [[ ! -x "$E2E_LOADER" || ! -f "$E2E_CACHE/kernel/vmlinuz" ]]; then
     echo "run-guest.sh: $E2E_CACHE is not prepared; run tests/e2e/prepare-root.sh" >&2
     exit 1
@@ -119,7 +124,9 @@ for sock in "${SOCKETS[@]}"; do
         exit 2
     fi
     [[ -S "$sock" ]] || echo "run-guest.sh: warning: $sock is not a socket (yet)" >&2
-    QEMU_ARGS+=(-device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}}")
+    dev="{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}"
+    [[ -n "$MSG_TIMEOUT" ]] && dev+=",\"x-msg-timeout\":$MSG_TIMEOUT"
+    QEMU_ARGS+=(-device "$dev}")
 done
 QEMU_ARGS+=("${EXTRA[@]}")
 
