@@ -14,7 +14,7 @@ namespace {
 using namespace vfu;
 
 const char* RegionName(uint32_t index) {
-  static const char* kNames[] = {"BAR0", "BAR1", "BAR2", "BAR3", "BAR4",
+  static const char* kNames[] = {"BAR0", "BAR1", "BAR2",   "BAR3", "BAR4",
                                  "BAR5", "ROM",  "CONFIG", "VGA"};
   return index < 9 ? kNames[index] : "EXTRA";
 }

@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   Log::SetLevel(level);
-  if (log_format == "json") Log::SetFormat(LogFormat::kJson);
+  if (log_format == "json")
+    Log::SetFormat(LogFormat::kJson);
   else if (log_format != "text") {
     std::fprintf(stderr, "error: --log-format must be text or json\n");
     return 2;
@@ -72,7 +73,8 @@ int main(int argc, char** argv) {
   for (const std::string& text : device_texts) {
     auto spec = devices::ParseDeviceSpec(text);
     if (!spec) {
-      Log::Write(LogLevel::kError, "invalid --device", {{"spec", text}, {"error", spec.error().message}});
+      Log::Write(LogLevel::kError, "invalid --device",
+                 {{"spec", text}, {"error", spec.error().message}});
       return 2;
     }
     auto device = devices::CreateDevice(*spec);
@@ -81,11 +83,12 @@ int main(int argc, char** argv) {
                  {{"device", spec->id}, {"error", device.error().message}});
       return 1;
     }
-    auto endpoint = std::make_unique<DeviceEndpoint>(spec->id, spec->socket, device->get(), &reactor);
+    auto endpoint =
+        std::make_unique<DeviceEndpoint>(spec->id, spec->socket, device->get(), &reactor);
     Status s = endpoint->Start();
     if (!s.ok()) {
-      Log::Write(LogLevel::kError, "cannot listen", {{"device", spec->id}, {"socket", spec->socket},
-                                                     {"error", s.message()}});
+      Log::Write(LogLevel::kError, "cannot listen",
+                 {{"device", spec->id}, {"socket", spec->socket}, {"error", s.message()}});
       return 1;
     }
     devices_owned.push_back(std::move(*device));
@@ -95,7 +98,8 @@ int main(int argc, char** argv) {
   (void)reactor.Add(signal_fd.get(), EPOLLIN, [&](uint32_t) {
     signalfd_siginfo info{};
     if (::read(signal_fd.get(), &info, sizeof(info)) == sizeof(info)) {
-      Log::Write(LogLevel::kInfo, "shutting down", {{"signal", strsignal(static_cast<int>(info.ssi_signo))}});
+      Log::Write(LogLevel::kInfo, "shutting down",
+                 {{"signal", strsignal(static_cast<int>(info.ssi_signo))}});
     }
     reactor.Stop();
   });

@@ -68,13 +68,13 @@ Status Client::Negotiate() {
   auto version = proto::DecodeVersion(reply->payload);
   if (!version) return version.error();
   if (version->major != wire::kProtocolMajor || version->minor > wire::kProtocolMinor) {
-    return MakeError(EPROTO, "incompatible server version " + Num(version->major) + "." +
-                                 Num(version->minor));
+    return MakeError(
+        EPROTO, "incompatible server version " + Num(version->major) + "." + Num(version->minor));
   }
   server_caps_ = version->caps;
   if (server_caps_.max_data_xfer_size) {
-    max_xfer_ = static_cast<uint32_t>(std::min<uint64_t>(*server_caps_.max_data_xfer_size,
-                                                         proto::kMaxDataXferSize));
+    max_xfer_ = static_cast<uint32_t>(
+        std::min<uint64_t>(*server_caps_.max_data_xfer_size, proto::kMaxDataXferSize));
   }
   if (server_caps_.max_msg_fds) {
     max_fds_ = static_cast<uint32_t>(std::clamp<uint64_t>(*server_caps_.max_msg_fds, 1, 16));
@@ -127,8 +127,8 @@ Status Client::CheckReply(const RawReply& reply, uint16_t command) const {
   }
   if (reply.is_error()) {
     int err = reply.header.error_no != 0 ? static_cast<int>(reply.header.error_no) : EIO;
-    return MakeError(err, std::string(wire::CommandName(command)) + " failed: " +
-                              std::strerror(err));
+    return MakeError(err,
+                     std::string(wire::CommandName(command)) + " failed: " + std::strerror(err));
   }
   return Status::Ok();
 }
@@ -139,7 +139,8 @@ Result<wire::DeviceInfo> Client::GetDeviceInfo() {
   auto reply = Call(cmd, AsBytes(req));
   if (!reply) return reply.error();
   VFU_RETURN_IF_ERROR(CheckReply(*reply, cmd));
-  if (reply->payload.size() < sizeof(wire::DeviceInfo)) return MakeError(EPROTO, "short DEVICE_GET_INFO reply");
+  if (reply->payload.size() < sizeof(wire::DeviceInfo))
+    return MakeError(EPROTO, "short DEVICE_GET_INFO reply");
   return proto::Load<wire::DeviceInfo>(reply->payload);
 }
 
@@ -153,7 +154,8 @@ Result<RegionInfo> Client::GetRegionInfo(uint32_t index) {
     auto reply = Call(cmd, AsBytes(req));
     if (!reply) return reply.error();
     VFU_RETURN_IF_ERROR(CheckReply(*reply, cmd));
-    if (reply->payload.size() < sizeof(wire::RegionInfo)) return MakeError(EPROTO, "short REGION_INFO reply");
+    if (reply->payload.size() < sizeof(wire::RegionInfo))
+      return MakeError(EPROTO, "short REGION_INFO reply");
     auto head = proto::Load<wire::RegionInfo>(reply->payload);
     if (head.argsz > argsz) {  // truncated: retry with the size the server needs
       if (head.argsz > 65536) return MakeError(EPROTO, "REGION_INFO argsz is implausible");
@@ -177,7 +179,8 @@ Result<wire::IrqInfo> Client::GetIrqInfo(uint32_t index) {
   auto reply = Call(cmd, AsBytes(req));
   if (!reply) return reply.error();
   VFU_RETURN_IF_ERROR(CheckReply(*reply, cmd));
-  if (reply->payload.size() < sizeof(wire::IrqInfo)) return MakeError(EPROTO, "short IRQ_INFO reply");
+  if (reply->payload.size() < sizeof(wire::IrqInfo))
+    return MakeError(EPROTO, "short IRQ_INFO reply");
   return proto::Load<wire::IrqInfo>(reply->payload);
 }
 
@@ -218,12 +221,13 @@ Status Client::RegionWrite(uint32_t region, uint64_t offset, std::span<const uin
 }
 
 Status Client::RegionWritePosted(uint32_t region, uint64_t offset, std::span<const uint8_t> data) {
-  if (data.size() > max_xfer_) return MakeError(E2BIG, "posted write larger than max_data_xfer_size");
+  if (data.size() > max_xfer_)
+    return MakeError(E2BIG, "posted write larger than max_data_xfer_size");
   std::vector<uint8_t> payload;
   proto::Append(payload, wire::RegionAccess{offset, region, static_cast<uint32_t>(data.size())});
   payload.insert(payload.end(), data.begin(), data.end());
-  auto id = Send(static_cast<uint16_t>(wire::Command::kRegionWrite), payload, {},
-                 wire::kFlagNoReply);
+  auto id =
+      Send(static_cast<uint16_t>(wire::Command::kRegionWrite), payload, {}, wire::kFlagNoReply);
   return id ? Status::Ok() : Status(id.error());
 }
 
@@ -237,7 +241,8 @@ Status Client::DmaMap(uint64_t iova, uint64_t size, int fd, uint64_t fd_offset, 
   wire::DmaMap req{sizeof(wire::DmaMap), flags, fd_offset, iova, size};
   auto cmd = static_cast<uint16_t>(wire::Command::kDmaMap);
   int fds[1] = {fd};
-  auto reply = Call(cmd, AsBytes(req), fd >= 0 ? std::span<const int>(fds, 1) : std::span<const int>());
+  auto reply =
+      Call(cmd, AsBytes(req), fd >= 0 ? std::span<const int>(fds, 1) : std::span<const int>());
   if (!reply) return reply.error();
   return CheckReply(*reply, cmd);
 }
@@ -277,9 +282,8 @@ Status Client::SetIrqEventfds(uint32_t index, uint32_t start, std::span<const in
     size_t j = i;
     bool assign = fds[i] >= 0;
     while (j < fds.size() && (fds[j] >= 0) == assign && (!assign || j - i < max_fds_)) ++j;
-    wire::IrqSet set{sizeof(wire::IrqSet),
-                     wire::kIrqSetDataEventfd | wire::kIrqSetActionTrigger, index,
-                     start + static_cast<uint32_t>(i), static_cast<uint32_t>(j - i)};
+    wire::IrqSet set{sizeof(wire::IrqSet), wire::kIrqSetDataEventfd | wire::kIrqSetActionTrigger,
+                     index, start + static_cast<uint32_t>(i), static_cast<uint32_t>(j - i)};
     VFU_RETURN_IF_ERROR(SetIrqs(set, assign ? fds.subspan(i, j - i) : std::span<const int>()));
     i = j;
   }
@@ -287,16 +291,16 @@ Status Client::SetIrqEventfds(uint32_t index, uint32_t start, std::span<const in
 }
 
 Status Client::DisableIrqs(uint32_t index) {
-  wire::IrqSet set{sizeof(wire::IrqSet), wire::kIrqSetDataNone | wire::kIrqSetActionTrigger,
-                   index, 0, 0};
+  wire::IrqSet set{sizeof(wire::IrqSet), wire::kIrqSetDataNone | wire::kIrqSetActionTrigger, index,
+                   0, 0};
   return SetIrqs(set, {});
 }
 
 Status Client::MaskIrq(uint32_t index, uint32_t vector, bool masked) {
-  wire::IrqSet set{sizeof(wire::IrqSet),
-                   wire::kIrqSetDataNone |
-                       (masked ? wire::kIrqSetActionMask : wire::kIrqSetActionUnmask),
-                   index, vector, 1};
+  wire::IrqSet set{
+      sizeof(wire::IrqSet),
+      wire::kIrqSetDataNone | (masked ? wire::kIrqSetActionMask : wire::kIrqSetActionUnmask), index,
+      vector, 1};
   return SetIrqs(set, {});
 }
 

@@ -17,6 +17,8 @@ constexpr bool RangesOverlap(uint64_t a, uint64_t a_len, uint64_t b, uint64_t b_
 }
 
 // True when base + len is representable (the range does not wrap around 2^64).
-constexpr bool RangeFitsAddressSpace(uint64_t base, uint64_t len) { return len <= UINT64_MAX - base; }
+constexpr bool RangeFitsAddressSpace(uint64_t base, uint64_t len) {
+  return len <= UINT64_MAX - base;
+}
 
 }  // namespace vfu

@@ -30,8 +30,7 @@ class Log {
   static void Write(LogLevel level, std::string_view message,
                     std::initializer_list<LogField> fields = {});
   // The context fields (e.g. device=, client=) go before the per-call fields.
-  static void Write(LogLevel level, std::string_view message,
-                    const std::vector<LogField>& context,
+  static void Write(LogLevel level, std::string_view message, const std::vector<LogField>& context,
                     std::initializer_list<LogField> fields);
 };
 

@@ -16,9 +16,7 @@ struct Error {
   std::string message;
 };
 
-inline Error MakeError(int code, std::string message) {
-  return Error{code, std::move(message)};
-}
+inline Error MakeError(int code, std::string message) { return Error{code, std::move(message)}; }
 
 // Status: success, or an Error.
 class [[nodiscard]] Status {
@@ -69,8 +67,8 @@ class [[nodiscard]] Result {
 }  // namespace vfu
 
 // Propagates an error from an expression yielding Status.
-#define VFU_RETURN_IF_ERROR(expr)          \
-  do {                                     \
-    ::vfu::Status vfu_status_ = (expr);    \
+#define VFU_RETURN_IF_ERROR(expr)                      \
+  do {                                                 \
+    ::vfu::Status vfu_status_ = (expr);                \
     if (!vfu_status_.ok()) return vfu_status_.error(); \
   } while (0)

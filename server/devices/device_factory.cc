@@ -45,8 +45,8 @@ std::vector<std::string> KnownDeviceClasses() { return {"sample"}; }
 Result<std::unique_ptr<VfioDevice>> CreateDevice(const DeviceSpec& spec) {
   if (spec.device_class == "sample") {
     if (!spec.params.empty()) {
-      return MakeError(EINVAL, "device class 'sample' takes no option '" +
-                                   spec.params.begin()->first + "'");
+      return MakeError(
+          EINVAL, "device class 'sample' takes no option '" + spec.params.begin()->first + "'");
     }
     auto dev = SampleDevice::Create();
     if (!dev) return dev.error();
@@ -54,7 +54,8 @@ Result<std::unique_ptr<VfioDevice>> CreateDevice(const DeviceSpec& spec) {
   }
   std::string known;
   for (const auto& c : KnownDeviceClasses()) known += (known.empty() ? "" : ", ") + c;
-  return MakeError(EINVAL, "unknown device class '" + spec.device_class + "' (known: " + known + ")");
+  return MakeError(EINVAL,
+                   "unknown device class '" + spec.device_class + "' (known: " + known + ")");
 }
 
 }  // namespace vfu::devices

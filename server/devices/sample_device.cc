@@ -24,7 +24,8 @@ Result<std::unique_ptr<SampleDevice>> SampleDevice::Create() {
   if (::ftruncate(dev->shared_fd_.get(), kSharedBarSize) != 0) {
     return MakeError(errno, "ftruncate of the BAR2 memfd failed");
   }
-  auto mapping = MemoryMapping::Map(dev->shared_fd_.get(), 0, kSharedBarSize, PROT_READ | PROT_WRITE);
+  auto mapping =
+      MemoryMapping::Map(dev->shared_fd_.get(), 0, kSharedBarSize, PROT_READ | PROT_WRITE);
   if (!mapping) return mapping.error();
   dev->shared_ = std::move(*mapping);
   VFU_RETURN_IF_ERROR(dev->AddBar(0, {.size = kRegisterBarSize, .flags = 0}));

@@ -23,12 +23,16 @@ bool NestingWithin(std::string_view text, int max_depth) {
   bool escaped = false;
   for (char c : text) {
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
-    if (c == '"') in_string = true;
+    if (c == '"')
+      in_string = true;
     else if (c == '{' || c == '[') {
       if (++depth > max_depth) return false;
     } else if (c == '}' || c == ']') {
@@ -41,22 +45,24 @@ bool NestingWithin(std::string_view text, int max_depth) {
 Status ReadUint(const json& obj, const char* key, std::optional<uint64_t>* out) {
   auto it = obj.find(key);
   if (it == obj.end()) return Status::Ok();
-  if (!it->is_number_unsigned()) return Invalid(std::string("capability ") + key + " is not an unsigned number");
+  if (!it->is_number_unsigned())
+    return Invalid(std::string("capability ") + key + " is not an unsigned number");
   *out = it->get<uint64_t>();
   return Status::Ok();
 }
 
 }  // namespace
 
-
 Result<wire::Header> DecodeHeader(Bytes bytes, uint32_t max_message_size) {
-  if (bytes.size() < sizeof(wire::Header)) return Invalid("short header: " + Sz(bytes.size()) + " bytes");
+  if (bytes.size() < sizeof(wire::Header))
+    return Invalid("short header: " + Sz(bytes.size()) + " bytes");
   auto h = Load<wire::Header>(bytes);
   if (h.msg_size < sizeof(wire::Header)) {
     return Invalid("msg_size " + Sz(h.msg_size) + " is smaller than the header");
   }
   if (h.msg_size > max_message_size) {
-    return MakeError(E2BIG, "msg_size " + Sz(h.msg_size) + " exceeds the maximum " + Sz(max_message_size));
+    return MakeError(E2BIG,
+                     "msg_size " + Sz(h.msg_size) + " exceeds the maximum " + Sz(max_message_size));
   }
   return h;
 }
@@ -70,7 +76,8 @@ Result<VersionMessage> DecodeVersion(Bytes payload) {
   Bytes rest = payload.subspan(sizeof(wire::Version));
   if (rest.empty()) return msg;
   if (rest.size() > kMaxVersionJsonSize) {
-    return MakeError(E2BIG, "VERSION JSON of " + Sz(rest.size()) + " bytes exceeds " + Sz(kMaxVersionJsonSize));
+    return MakeError(
+        E2BIG, "VERSION JSON of " + Sz(rest.size()) + " bytes exceeds " + Sz(kMaxVersionJsonSize));
   }
   if (rest.back() != 0) return Invalid("VERSION JSON is not NUL-terminated");
   std::string_view text(reinterpret_cast<const char*>(rest.data()), rest.size() - 1);
@@ -138,7 +145,8 @@ std::vector<uint8_t> EncodeVersionReply(const Capabilities& client, const Capabi
   add_uint("pgsizes", client.pgsizes, server.pgsizes);
   add_uint("max_dma_maps", client.max_dma_maps, server.max_dma_maps);
   if (client.write_multiple && server.write_multiple) {
-    entries.emplace_back("write_multiple", *client.write_multiple && *server.write_multiple ? "true" : "false");
+    entries.emplace_back("write_multiple",
+                         *client.write_multiple && *server.write_multiple ? "true" : "false");
   }
   while (true) {
     std::string text;
@@ -150,8 +158,7 @@ std::vector<uint8_t> EncodeVersionReply(const Capabilities& client, const Capabi
       }
       text += "}}";
     }
-    std::vector<uint8_t> payload =
-        VersionPayload(wire::kProtocolMajor, wire::kProtocolMinor, text);
+    std::vector<uint8_t> payload = VersionPayload(wire::kProtocolMajor, wire::kProtocolMinor, text);
     if (payload.size() <= max_payload_size || entries.empty()) return payload;
     entries.pop_back();
   }
@@ -169,12 +176,15 @@ std::vector<uint8_t> EncodeVersionRequest(const Capabilities& caps) {
 }
 
 Result<wire::DmaMap> DecodeDmaMap(Bytes payload) {
-  if (payload.size() < sizeof(wire::DmaMap)) return Invalid("DMA_MAP payload of " + Sz(payload.size()) + " bytes is short");
+  if (payload.size() < sizeof(wire::DmaMap))
+    return Invalid("DMA_MAP payload of " + Sz(payload.size()) + " bytes is short");
   auto m = Load<wire::DmaMap>(payload);
   if (m.argsz < sizeof(wire::DmaMap)) return Invalid("DMA_MAP argsz " + Sz(m.argsz) + " < 32");
-  if (m.flags & ~(wire::kDmaFlagRead | wire::kDmaFlagWrite)) return Invalid("DMA_MAP has unknown flags");
+  if (m.flags & ~(wire::kDmaFlagRead | wire::kDmaFlagWrite))
+    return Invalid("DMA_MAP has unknown flags");
   if (m.size == 0) return Invalid("DMA_MAP of size 0");
-  if (!RangeFitsAddressSpace(m.address, m.size)) return Invalid("DMA_MAP range wraps the address space");
+  if (!RangeFitsAddressSpace(m.address, m.size))
+    return Invalid("DMA_MAP range wraps the address space");
   if (!RangeFitsAddressSpace(m.offset, m.size)) return Invalid("DMA_MAP file range wraps");
   if (m.address % kPageSize || m.size % kPageSize || m.offset % kPageSize) {
     return Invalid("DMA_MAP address/size/offset not aligned to 4 KiB");
@@ -183,10 +193,12 @@ Result<wire::DmaMap> DecodeDmaMap(Bytes payload) {
 }
 
 Result<wire::DmaUnmap> DecodeDmaUnmap(Bytes payload) {
-  if (payload.size() < sizeof(wire::DmaUnmap)) return Invalid("DMA_UNMAP payload of " + Sz(payload.size()) + " bytes is short");
+  if (payload.size() < sizeof(wire::DmaUnmap))
+    return Invalid("DMA_UNMAP payload of " + Sz(payload.size()) + " bytes is short");
   auto u = Load<wire::DmaUnmap>(payload);
   if (u.argsz < sizeof(wire::DmaUnmap)) return Invalid("DMA_UNMAP argsz " + Sz(u.argsz) + " < 24");
-  if (u.flags & wire::kDmaUnmapFlagGetDirtyBitmap) return MakeError(ENOTSUP, "DMA_UNMAP dirty bitmap is not supported");
+  if (u.flags & wire::kDmaUnmapFlagGetDirtyBitmap)
+    return MakeError(ENOTSUP, "DMA_UNMAP dirty bitmap is not supported");
   if (u.flags & ~wire::kDmaUnmapFlagAll) return Invalid("DMA_UNMAP has unknown flags");
   if (u.flags & wire::kDmaUnmapFlagAll) {
     if (u.address != 0 || u.size != 0) return Invalid("DMA_UNMAP ALL with a non-zero range");
@@ -199,21 +211,26 @@ Result<wire::DmaUnmap> DecodeDmaUnmap(Bytes payload) {
 Result<wire::DeviceInfo> DecodeDeviceInfoRequest(Bytes payload) {
   if (payload.size() < sizeof(wire::DeviceInfo)) return Invalid("DEVICE_GET_INFO payload is short");
   auto d = Load<wire::DeviceInfo>(payload);
-  if (d.argsz < sizeof(wire::DeviceInfo)) return Invalid("DEVICE_GET_INFO argsz " + Sz(d.argsz) + " < 16");
+  if (d.argsz < sizeof(wire::DeviceInfo))
+    return Invalid("DEVICE_GET_INFO argsz " + Sz(d.argsz) + " < 16");
   return d;
 }
 
 Result<wire::RegionInfo> DecodeRegionInfoRequest(Bytes payload) {
-  if (payload.size() < sizeof(wire::RegionInfo)) return Invalid("DEVICE_GET_REGION_INFO payload is short");
+  if (payload.size() < sizeof(wire::RegionInfo))
+    return Invalid("DEVICE_GET_REGION_INFO payload is short");
   auto r = Load<wire::RegionInfo>(payload);
-  if (r.argsz < sizeof(wire::RegionInfo)) return Invalid("DEVICE_GET_REGION_INFO argsz " + Sz(r.argsz) + " < 32");
+  if (r.argsz < sizeof(wire::RegionInfo))
+    return Invalid("DEVICE_GET_REGION_INFO argsz " + Sz(r.argsz) + " < 32");
   return r;
 }
 
 Result<wire::IrqInfo> DecodeIrqInfoRequest(Bytes payload) {
-  if (payload.size() < sizeof(wire::IrqInfo)) return Invalid("DEVICE_GET_IRQ_INFO payload is short");
+  if (payload.size() < sizeof(wire::IrqInfo))
+    return Invalid("DEVICE_GET_IRQ_INFO payload is short");
   auto i = Load<wire::IrqInfo>(payload);
-  if (i.argsz < sizeof(wire::IrqInfo)) return Invalid("DEVICE_GET_IRQ_INFO argsz " + Sz(i.argsz) + " < 16");
+  if (i.argsz < sizeof(wire::IrqInfo))
+    return Invalid("DEVICE_GET_IRQ_INFO argsz " + Sz(i.argsz) + " < 16");
   return i;
 }
 
@@ -223,7 +240,8 @@ Result<SetIrqsRequest> DecodeSetIrqs(Bytes payload, size_t num_fds) {
   const wire::IrqSet& s = req.set;
   // argsz is the request size here; QEMU sends 20 even with eventfds attached, so the number of
   // eventfds is taken from the control message, never from argsz.
-  if (s.argsz < sizeof(wire::IrqSet)) return Invalid("DEVICE_SET_IRQS argsz " + Sz(s.argsz) + " < 20");
+  if (s.argsz < sizeof(wire::IrqSet))
+    return Invalid("DEVICE_SET_IRQS argsz " + Sz(s.argsz) + " < 20");
   if (s.flags & ~(wire::kIrqSetDataMask | wire::kIrqSetActionMaskAll)) {
     return Invalid("DEVICE_SET_IRQS has unknown flags");
   }
@@ -243,7 +261,8 @@ Result<SetIrqsRequest> DecodeSetIrqs(Bytes payload, size_t num_fds) {
   }
   if (data == wire::kIrqSetDataBool) {
     Bytes rest = payload.subspan(sizeof(wire::IrqSet));
-    if (rest.size() < s.count) return Invalid("DEVICE_SET_IRQS DATA_BOOL has fewer bools than count");
+    if (rest.size() < s.count)
+      return Invalid("DEVICE_SET_IRQS DATA_BOOL has fewer bools than count");
     req.bools = rest.first(s.count);
   }
   return req;
@@ -253,7 +272,8 @@ Result<wire::RegionAccess> DecodeRegionRead(Bytes payload, uint32_t max_xfer) {
   if (payload.size() < sizeof(wire::RegionAccess)) return Invalid("REGION_READ payload is short");
   auto a = Load<wire::RegionAccess>(payload);
   if (a.count == 0) return Invalid("REGION_READ of 0 bytes");
-  if (a.count > max_xfer) return MakeError(E2BIG, "REGION_READ count " + Sz(a.count) + " exceeds " + Sz(max_xfer));
+  if (a.count > max_xfer)
+    return MakeError(E2BIG, "REGION_READ count " + Sz(a.count) + " exceeds " + Sz(max_xfer));
   return a;
 }
 
@@ -261,25 +281,31 @@ Result<RegionWriteRequest> DecodeRegionWrite(Bytes payload, uint32_t max_xfer) {
   if (payload.size() < sizeof(wire::RegionAccess)) return Invalid("REGION_WRITE payload is short");
   RegionWriteRequest w{Load<wire::RegionAccess>(payload), {}};
   if (w.access.count == 0) return Invalid("REGION_WRITE of 0 bytes");
-  if (w.access.count > max_xfer) return MakeError(E2BIG, "REGION_WRITE count " + Sz(w.access.count) + " exceeds " + Sz(max_xfer));
+  if (w.access.count > max_xfer)
+    return MakeError(E2BIG,
+                     "REGION_WRITE count " + Sz(w.access.count) + " exceeds " + Sz(max_xfer));
   Bytes data = payload.subspan(sizeof(wire::RegionAccess));
   if (data.size() != w.access.count) {
-    return Invalid("REGION_WRITE count " + Sz(w.access.count) + " but " + Sz(data.size()) + " data bytes");
+    return Invalid("REGION_WRITE count " + Sz(w.access.count) + " but " + Sz(data.size()) +
+                   " data bytes");
   }
   w.data = data;
   return w;
 }
 
 Result<std::vector<wire::WriteMultiEntry>> DecodeWriteMulti(Bytes payload) {
-  if (payload.size() < sizeof(wire::WriteMultiHeader)) return Invalid("REGION_WRITE_MULTI payload is short");
+  if (payload.size() < sizeof(wire::WriteMultiHeader))
+    return Invalid("REGION_WRITE_MULTI payload is short");
   uint64_t n = Load<wire::WriteMultiHeader>(payload).wr_cnt;
-  if (n == 0 || n > kMaxWriteMultiEntries) return Invalid("REGION_WRITE_MULTI wr_cnt " + Sz(n) + " out of range");
+  if (n == 0 || n > kMaxWriteMultiEntries)
+    return Invalid("REGION_WRITE_MULTI wr_cnt " + Sz(n) + " out of range");
   if (payload.size() != sizeof(wire::WriteMultiHeader) + n * sizeof(wire::WriteMultiEntry)) {
     return Invalid("REGION_WRITE_MULTI payload size does not match wr_cnt");
   }
   std::vector<wire::WriteMultiEntry> entries(n);
   for (uint64_t i = 0; i < n; ++i) {
-    entries[i] = Load<wire::WriteMultiEntry>(payload, sizeof(wire::WriteMultiHeader) + i * sizeof(wire::WriteMultiEntry));
+    entries[i] = Load<wire::WriteMultiEntry>(
+        payload, sizeof(wire::WriteMultiHeader) + i * sizeof(wire::WriteMultiEntry));
     if (entries[i].count == 0 || entries[i].count > wire::kMaxWriteMultiData) {
       return Invalid("REGION_WRITE_MULTI entry count " + Sz(entries[i].count) + " not in 1..8");
     }
@@ -305,23 +331,28 @@ Result<RegionInfoReply> DecodeRegionInfoReply(Bytes payload) {
   uint32_t off = reply.info.cap_offset;
   for (int hops = 0; off != 0; ++hops) {
     if (hops > 16) return Invalid("REGION_INFO capability chain too long");
-    if (off < sizeof(wire::RegionInfo) || !RangeWithin(off, sizeof(wire::CapHeader), payload.size())) {
+    if (off < sizeof(wire::RegionInfo) ||
+        !RangeWithin(off, sizeof(wire::CapHeader), payload.size())) {
       return Invalid("REGION_INFO capability offset out of range");
     }
     auto cap = Load<wire::CapHeader>(payload, off);
     if (cap.id == wire::kCapSparseMmap) {
-      if (!RangeWithin(off, sizeof(wire::SparseMmapCap), payload.size())) return Invalid("sparse mmap cap is short");
+      if (!RangeWithin(off, sizeof(wire::SparseMmapCap), payload.size()))
+        return Invalid("sparse mmap cap is short");
       auto sparse = Load<wire::SparseMmapCap>(payload, off);
       uint64_t areas_off = off + sizeof(wire::SparseMmapCap);
       if (sparse.nr_areas > 1024 ||
-          !RangeWithin(areas_off, uint64_t{sparse.nr_areas} * sizeof(wire::SparseMmapArea), payload.size())) {
+          !RangeWithin(areas_off, uint64_t{sparse.nr_areas} * sizeof(wire::SparseMmapArea),
+                       payload.size())) {
         return Invalid("sparse mmap areas out of range");
       }
       for (uint32_t i = 0; i < sparse.nr_areas; ++i) {
-        reply.sparse_areas.push_back(Load<wire::SparseMmapArea>(payload, areas_off + i * sizeof(wire::SparseMmapArea)));
+        reply.sparse_areas.push_back(
+            Load<wire::SparseMmapArea>(payload, areas_off + i * sizeof(wire::SparseMmapArea)));
       }
     }
-    if (cap.next != 0 && cap.next <= off) return Invalid("REGION_INFO capability chain goes backwards");
+    if (cap.next != 0 && cap.next <= off)
+      return Invalid("REGION_INFO capability chain goes backwards");
     off = cap.next;
   }
   return reply;
@@ -351,23 +382,40 @@ namespace vfu::wire {
 
 const char* CommandName(uint16_t command) {
   switch (static_cast<Command>(command)) {
-    case Command::kVersion: return "VERSION";
-    case Command::kDmaMap: return "DMA_MAP";
-    case Command::kDmaUnmap: return "DMA_UNMAP";
-    case Command::kDeviceGetInfo: return "DEVICE_GET_INFO";
-    case Command::kDeviceGetRegionInfo: return "DEVICE_GET_REGION_INFO";
-    case Command::kDeviceGetRegionIoFds: return "DEVICE_GET_REGION_IO_FDS";
-    case Command::kDeviceGetIrqInfo: return "DEVICE_GET_IRQ_INFO";
-    case Command::kDeviceSetIrqs: return "DEVICE_SET_IRQS";
-    case Command::kRegionRead: return "REGION_READ";
-    case Command::kRegionWrite: return "REGION_WRITE";
-    case Command::kDmaRead: return "DMA_READ";
-    case Command::kDmaWrite: return "DMA_WRITE";
-    case Command::kDeviceReset: return "DEVICE_RESET";
-    case Command::kRegionWriteMulti: return "REGION_WRITE_MULTI";
-    case Command::kDeviceFeature: return "DEVICE_FEATURE";
-    case Command::kMigDataRead: return "MIG_DATA_READ";
-    case Command::kMigDataWrite: return "MIG_DATA_WRITE";
+    case Command::kVersion:
+      return "VERSION";
+    case Command::kDmaMap:
+      return "DMA_MAP";
+    case Command::kDmaUnmap:
+      return "DMA_UNMAP";
+    case Command::kDeviceGetInfo:
+      return "DEVICE_GET_INFO";
+    case Command::kDeviceGetRegionInfo:
+      return "DEVICE_GET_REGION_INFO";
+    case Command::kDeviceGetRegionIoFds:
+      return "DEVICE_GET_REGION_IO_FDS";
+    case Command::kDeviceGetIrqInfo:
+      return "DEVICE_GET_IRQ_INFO";
+    case Command::kDeviceSetIrqs:
+      return "DEVICE_SET_IRQS";
+    case Command::kRegionRead:
+      return "REGION_READ";
+    case Command::kRegionWrite:
+      return "REGION_WRITE";
+    case Command::kDmaRead:
+      return "DMA_READ";
+    case Command::kDmaWrite:
+      return "DMA_WRITE";
+    case Command::kDeviceReset:
+      return "DEVICE_RESET";
+    case Command::kRegionWriteMulti:
+      return "REGION_WRITE_MULTI";
+    case Command::kDeviceFeature:
+      return "DEVICE_FEATURE";
+    case Command::kMigDataRead:
+      return "MIG_DATA_READ";
+    case Command::kMigDataWrite:
+      return "MIG_DATA_WRITE";
   }
   return "UNKNOWN";
 }

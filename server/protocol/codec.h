@@ -108,8 +108,7 @@ struct RegionWriteRequest {
   Bytes data;
 };
 // REGION_WRITE: count <= max_xfer and exactly count bytes of data follow.
-Result<RegionWriteRequest> DecodeRegionWrite(Bytes payload,
-                                             uint32_t max_xfer = kMaxDataXferSize);
+Result<RegionWriteRequest> DecodeRegionWrite(Bytes payload, uint32_t max_xfer = kMaxDataXferSize);
 
 // REGION_WRITE_MULTI: 1..kMaxWriteMultiEntries entries, each with count 1..8, payload exact.
 Result<std::vector<wire::WriteMultiEntry>> DecodeWriteMulti(Bytes payload);

@@ -174,7 +174,8 @@ bool Reactor::RunOnce(std::chrono::milliseconds timeout) {
     idle_ = true;
     idle_since_ = now;
   }
-  bool may_sleep = !options_.busy_poll && idle_ && (now - idle_since_) >= options_.idle_before_sleep;
+  bool may_sleep =
+      !options_.busy_poll && idle_ && (now - idle_since_) >= options_.idle_before_sleep;
   if (!may_sleep || pollers_.empty()) {
     int timeout_ms = (may_sleep || pollers_.empty()) ? static_cast<int>(timeout.count()) : 0;
     return DispatchEvents(timeout_ms) > 0 || busy;

@@ -32,8 +32,8 @@ Status DmaMapTable::Map(uint64_t iova, uint64_t size, uint64_t offset, uint32_t 
   // Overlap: the first region at or after iova, and the one before it.
   auto next = regions_.lower_bound(iova);
   if (next != regions_.end() && RangesOverlap(iova, size, next->second.iova, next->second.size)) {
-    return MakeError(EEXIST, "DMA map [" + Hex(iova) + ", +" + Hex(size) + ") overlaps the map at " +
-                                 Hex(next->second.iova));
+    return MakeError(EEXIST, "DMA map [" + Hex(iova) + ", +" + Hex(size) +
+                                 ") overlaps the map at " + Hex(next->second.iova));
   }
   if (next != regions_.begin()) {
     auto prev = std::prev(next);
@@ -48,7 +48,7 @@ Status DmaMapTable::Map(uint64_t iova, uint64_t size, uint64_t offset, uint32_t 
   region.readable = flags & wire::kDmaFlagRead;
   region.writable = flags & wire::kDmaFlagWrite;
   if (fd.valid()) {
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return MakeError(errno, "fstat of the DMA fd failed");
     // Mapping past the end of a file would turn a later guest access into SIGBUS.
     if (!S_ISREG(st.st_mode)) return MakeError(EINVAL, "DMA fd is not a regular file or memfd");
@@ -92,8 +92,8 @@ DmaMapTable::Region* DmaMapTable::Find(uint64_t iova) {
 Result<uint8_t*> DmaMapTable::Translate(uint64_t iova, uint64_t len, Access access) {
   Region* r = Find(iova);
   if (r == nullptr || !RangeWithin(iova - r->iova, len, r->size)) {
-    return MakeError(EFAULT, "guest range [" + Hex(iova) + ", +" + Hex(len) +
-                                 ") is not inside one DMA map");
+    return MakeError(
+        EFAULT, "guest range [" + Hex(iova) + ", +" + Hex(len) + ") is not inside one DMA map");
   }
   if (!r->mapping.valid()) {
     return MakeError(EFAULT, "guest range at " + Hex(iova) + " was mapped without an fd");
@@ -109,7 +109,8 @@ Status DmaMapTable::Read(uint64_t iova, std::span<uint8_t> out) {
   size_t done = 0;
   while (done < out.size()) {
     Region* r = Find(iova + done);
-    if (r == nullptr) return MakeError(EFAULT, "guest address " + Hex(iova + done) + " is not mapped");
+    if (r == nullptr)
+      return MakeError(EFAULT, "guest address " + Hex(iova + done) + " is not mapped");
     uint64_t in_region = r->size - (iova + done - r->iova);
     uint64_t chunk = std::min<uint64_t>(in_region, out.size() - done);
     auto p = Translate(iova + done, chunk, Access::kRead);
@@ -125,7 +126,8 @@ Status DmaMapTable::Write(uint64_t iova, std::span<const uint8_t> data) {
   size_t done = 0;
   while (done < data.size()) {
     Region* r = Find(iova + done);
-    if (r == nullptr) return MakeError(EFAULT, "guest address " + Hex(iova + done) + " is not mapped");
+    if (r == nullptr)
+      return MakeError(EFAULT, "guest address " + Hex(iova + done) + " is not mapped");
     uint64_t in_region = r->size - (iova + done - r->iova);
     uint64_t chunk = std::min<uint64_t>(in_region, data.size() - done);
     auto p = Translate(iova + done, chunk, Access::kWrite);

@@ -41,7 +41,8 @@ void DeviceEndpoint::OnAccept() {
   while (true) {
     auto conn = listener_.Accept();
     if (!conn) {
-      if (conn.error().code != EAGAIN) log_.Warn("accept failed", {{"error", conn.error().message}});
+      if (conn.error().code != EAGAIN)
+        log_.Warn("accept failed", {{"error", conn.error().message}});
       return;
     }
     if (session_) {
@@ -58,8 +59,8 @@ void DeviceEndpoint::OnAccept() {
     int fd = conn->fd();
     session_ = std::make_unique<Session>(std::move(*conn), device_, options_, session_log);
     session_events_ = EPOLLIN | EPOLLRDHUP;
-    Status s = reactor_->Add(fd, session_events_,
-                             [this](uint32_t events) { OnSessionEvent(events); });
+    Status s =
+        reactor_->Add(fd, session_events_, [this](uint32_t events) { OnSessionEvent(events); });
     if (!s.ok()) {
       log_.Error("cannot watch the client socket", {{"error", s.message()}});
       session_.reset();

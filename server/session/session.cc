@@ -56,7 +56,8 @@ Session::State Session::OnReadable() {
       const Error& e = status.error();
       if (const auto& h = stream_.last_header(); h && e.code != EAGAIN) {
         log_.Warn("closing connection: unrecoverable framing error",
-                  {{"msg_id", Num(h->msg_id)}, {"command", wire::CommandName(h->command)},
+                  {{"msg_id", Num(h->msg_id)},
+                   {"command", wire::CommandName(h->command)},
                    {"error", e.message}});
         // Tell the client why, if it is still listening; the stream cannot continue.
         auto reply = proto::EncodeErrorReply(*h, e.code);
@@ -226,16 +227,17 @@ Status Session::HandleVersion(InboundMessage& msg, Reply& reply) {
   for (const std::string& key : c.unknown_keys) {
     log_.Info("client proposed an unknown capability; ignoring it", {{"capability", key}});
   }
-  log_.Info("client negotiated protocol",
-            {{"major", Num(version->major)}, {"minor", Num(version->minor)},
-             {"reply_minor", Num(wire::kProtocolMinor)}});
+  log_.Info("client negotiated protocol", {{"major", Num(version->major)},
+                                           {"minor", Num(version->minor)},
+                                           {"reply_minor", Num(wire::kProtocolMinor)}});
   return Status::Ok();
 }
 
 Status Session::HandleDmaMap(InboundMessage& msg) {
   auto map = proto::DecodeDmaMap(msg.bytes());
   if (!map) return map.error();
-  if (msg.fds.size() > 1) return Invalid("DMA_MAP carries " + Num(msg.fds.size()) + " fds; at most 1");
+  if (msg.fds.size() > 1)
+    return Invalid("DMA_MAP carries " + Num(msg.fds.size()) + " fds; at most 1");
   UniqueFd fd = msg.fds.empty() ? UniqueFd() : std::move(msg.fds[0]);
   VFU_RETURN_IF_ERROR(dma_.Map(map->address, map->size, map->offset, map->flags, std::move(fd)));
   ++stats_.dma_maps;
@@ -279,7 +281,8 @@ Status Session::HandleDeviceGetInfo(InboundMessage& msg, Reply& reply) {
 Status Session::HandleRegionInfo(InboundMessage& msg, Reply& reply) {
   auto req = proto::DecodeRegionInfoRequest(msg.bytes());
   if (!req) return req.error();
-  if (req->index >= regions_.size()) return Invalid("region index " + Num(req->index) + " out of range");
+  if (req->index >= regions_.size())
+    return Invalid("region index " + Num(req->index) + " out of range");
   const RegionDescription& r = regions_[req->index];
   wire::RegionInfo info{};
   info.index = req->index;
@@ -316,7 +319,8 @@ Status Session::HandleRegionInfo(InboundMessage& msg, Reply& reply) {
 Status Session::HandleIrqInfo(InboundMessage& msg, Reply& reply) {
   auto req = proto::DecodeIrqInfoRequest(msg.bytes());
   if (!req) return req.error();
-  if (req->index >= device_->num_irqs()) return Invalid("IRQ index " + Num(req->index) + " out of range");
+  if (req->index >= device_->num_irqs())
+    return Invalid("IRQ index " + Num(req->index) + " out of range");
   IrqDescription d = device_->DescribeIrq(req->index);
   wire::IrqInfo info{sizeof(wire::IrqInfo), d.flags, req->index, d.count};
   proto::Append(reply.payload, info);

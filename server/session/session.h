@@ -46,8 +46,7 @@ class Session : public DeviceContext {
  public:
   enum class State { kOpen, kClosed };
 
-  Session(UnixConnection connection, VfioDevice* device, SessionOptions options,
-          LogContext log);
+  Session(UnixConnection connection, VfioDevice* device, SessionOptions options, LogContext log);
   ~Session() override;
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;

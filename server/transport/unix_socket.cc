@@ -21,7 +21,8 @@ Result<sockaddr_un> MakeAddress(const std::string& path) {
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
     return MakeError(ENAMETOOLONG, "socket path is empty or longer than " +
-                                       std::to_string(sizeof(addr.sun_path) - 1) + " bytes: " + path);
+                                       std::to_string(sizeof(addr.sun_path) - 1) +
+                                       " bytes: " + path);
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   return addr;
@@ -49,7 +50,8 @@ Result<std::pair<UnixConnection, UnixConnection>> UnixConnection::Pair() {
   return std::make_pair(UnixConnection(UniqueFd(fds[0])), UnixConnection(UniqueFd(fds[1])));
 }
 
-Result<UnixConnection::Received> UnixConnection::Receive(std::span<uint8_t> buf, std::vector<UniqueFd>* fds) {
+Result<UnixConnection::Received> UnixConnection::Receive(std::span<uint8_t> buf,
+                                                         std::vector<UniqueFd>* fds) {
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxReceiveFds)];
   iovec iov{buf.data(), buf.size()};
   msghdr msg{};
@@ -151,7 +153,7 @@ UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
 Result<UnixListener> UnixListener::Bind(const std::string& path, int backlog) {
   auto addr = MakeAddress(path);
   if (!addr) return addr.error();
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       return MakeError(EEXIST, path + " exists and is not a socket; refusing to replace it");

@@ -34,8 +34,8 @@ class UnixConnection {
   static Result<std::pair<UnixConnection, UnixConnection>> Pair();
 
   struct Received {
-    size_t bytes = 0;             // 0 means end of stream
-    bool fds_truncated = false;   // MSG_CTRUNC: the sender passed more fds than we accept
+    size_t bytes = 0;            // 0 means end of stream
+    bool fds_truncated = false;  // MSG_CTRUNC: the sender passed more fds than we accept
   };
   // Reads up to buf.size() bytes and appends received fds to *fds. EAGAIN as an error when
   // nothing is available (non-blocking) or a receive timeout expired (blocking). On MSG_CTRUNC

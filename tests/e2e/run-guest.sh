@@ -138,6 +138,7 @@ fi
 
 if [[ -z "$LOG" ]]; then
     mkdir -p "$E2E_CACHE/logs"
+    find "$E2E_CACHE/logs" -name 'guest-*.log' -mtime +2 -delete 2>/dev/null || true
     LOG="$E2E_CACHE/logs/guest-$(date +%Y%m%d-%H%M%S)-$$.log"
 fi
 mkdir -p "$(dirname "$LOG")"

@@ -88,7 +88,7 @@ class SessionHarness {
 };
 
 // Builds the raw bytes of a message.
-std::vector<uint8_t> BuildMessage(uint16_t msg_id, uint16_t command, std::span<const uint8_t> payload,
-                                  uint32_t flags = 0);
+std::vector<uint8_t> BuildMessage(uint16_t msg_id, uint16_t command,
+                                  std::span<const uint8_t> payload, uint32_t flags = 0);
 
 }  // namespace vfu::testing

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up everything and runs every test: unit and integration tests (warnings as errors),
+# the same tests under AddressSanitizer/UBSan, a bounded libFuzzer run and the format check.
+# Idempotent; safe to run on a fresh Debian bookworm machine as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+export CTEST_OUTPUT_ON_FAILURE=1
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "installing dependencies"
+./scripts/install-deps.sh
+
+step "build (gcc, -Werror)"
+./scripts/build.sh release
+step "tests"
+ctest --test-dir build -j 2 --timeout 300
+
+step "build (ASAN + UBSAN)"
+./scripts/build.sh asan
+step "tests under ASAN + UBSAN"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -j 2 --timeout 600
+
+step "fuzzing the session for ${FUZZ_SECONDS}s"
+./scripts/build.sh fuzz
+mkdir -p build-fuzz/corpus
+./build-fuzz/tests/session_fuzzer -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
+  -print_final_stats=1 build-fuzz/corpus tests/fuzz/corpus 2>&1 | tail -n 12
+
+step "format check"
+./scripts/check-format.sh
+
+step "all tests passed"
