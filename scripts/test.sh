@@ -29,6 +29,9 @@ mkdir -p build-fuzz/corpus
 ./build-fuzz/tests/session_fuzzer -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
   -print_final_stats=1 build-fuzz/corpus tests/fuzz/corpus 2>&1 | tail -n 12
 
+step "end-to-end: real QEMU 11.1 guests against vfio-user-server"
+tests/e2e/run-scenarios.sh --server build/server/vfio-user-server
+
 step "format check"
 ./scripts/check-format.sh
 

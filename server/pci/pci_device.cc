@@ -54,6 +54,11 @@ IrqDescription PciDevice::DescribeIrq(uint32_t index) const {
     case wire::kPciMsixIrqIndex:
       return {msix_vectors_,
               wire::kIrqInfoEventfd | wire::kIrqInfoMaskable | wire::kIrqInfoNoResize};
+    case wire::kPciErrIrqIndex:
+    case wire::kPciReqIrqIndex:
+      // One vector each: QEMU then wires its error and device-request notifiers (and warns
+      // "Could not enable error recovery" when ERR has none).
+      return {1, wire::kIrqInfoEventfd};
     default:
       return {0, wire::kIrqInfoEventfd};
   }
