@@ -67,9 +67,8 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   UniqueFd signal_fd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
-  Reactor reactor;
-  std::vector<std::unique_ptr<VfioDevice>> devices_owned;
-  std::vector<std::unique_ptr<DeviceEndpoint>> endpoints;
+  // Every spec is checked before anything starts listening.
+  std::vector<devices::DeviceSpec> specs;
   for (const std::string& text : device_texts) {
     auto spec = devices::ParseDeviceSpec(text);
     if (!spec) {
@@ -77,21 +76,37 @@ int main(int argc, char** argv) {
                  {{"spec", text}, {"error", spec.error().message}});
       return 2;
     }
-    auto device = devices::CreateDevice(*spec);
+    for (const auto& other : specs) {
+      if (other.id == spec->id || other.socket == spec->socket) {
+        Log::Write(LogLevel::kError, "duplicate device id or socket",
+                   {{"device", spec->id}, {"socket", spec->socket}});
+        return 2;
+      }
+    }
+    specs.push_back(std::move(*spec));
+  }
+
+  Reactor reactor;
+  std::vector<std::unique_ptr<VfioDevice>> devices_owned;
+  std::vector<std::unique_ptr<DeviceEndpoint>> endpoints;
+  for (const devices::DeviceSpec& spec : specs) {
+    auto device = devices::CreateDevice(spec);
     if (!device) {
       Log::Write(LogLevel::kError, "cannot create device",
-                 {{"device", spec->id}, {"error", device.error().message}});
-      return 1;
-    }
-    auto endpoint =
-        std::make_unique<DeviceEndpoint>(spec->id, spec->socket, device->get(), &reactor);
-    Status s = endpoint->Start();
-    if (!s.ok()) {
-      Log::Write(LogLevel::kError, "cannot listen",
-                 {{"device", spec->id}, {"socket", spec->socket}, {"error", s.message()}});
+                 {{"device", spec.id}, {"error", device.error().message}});
       return 1;
     }
     devices_owned.push_back(std::move(*device));
+  }
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto endpoint = std::make_unique<DeviceEndpoint>(specs[i].id, specs[i].socket,
+                                                     devices_owned[i].get(), &reactor);
+    Status s = endpoint->Start();
+    if (!s.ok()) {
+      Log::Write(LogLevel::kError, "cannot listen",
+                 {{"device", specs[i].id}, {"socket", specs[i].socket}, {"error", s.message()}});
+      return 1;
+    }
     endpoints.push_back(std::move(endpoint));
   }
 
