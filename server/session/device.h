@@ -8,6 +8,8 @@
 // none of these calls need locks.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -26,6 +28,10 @@ class GuestMemory {
   // A host pointer to [iova, iova + len) when that range lies inside one mapped, accessible
   // region with the permission asked for; otherwise an error (EFAULT, or EACCES).
   virtual Result<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) = 0;
+  // Appends host segments covering [iova, iova + len), which may span adjacent maps, to *out.
+  // Fails (appending nothing) unless every byte is mapped, accessible and permitted.
+  virtual Status TranslateSegments(uint64_t iova, uint64_t len, Access access,
+                                   std::vector<iovec>* out) = 0;
   // Copies that may cross region boundaries.
   virtual Status Read(uint64_t iova, std::span<uint8_t> out) = 0;
   virtual Status Write(uint64_t iova, std::span<const uint8_t> data) = 0;

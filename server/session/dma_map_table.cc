@@ -104,6 +104,29 @@ Result<uint8_t*> DmaMapTable::Translate(uint64_t iova, uint64_t len, Access acce
   return r->mapping.data() + (iova - r->iova);
 }
 
+Status DmaMapTable::TranslateSegments(uint64_t iova, uint64_t len, Access access,
+                                      std::vector<iovec>* out) {
+  if (!RangeFitsAddressSpace(iova, len)) return MakeError(EFAULT, "guest range wraps");
+  size_t first = out->size();
+  uint64_t done = 0;
+  while (done < len) {
+    Region* r = Find(iova + done);
+    if (r == nullptr) {
+      out->resize(first);
+      return MakeError(EFAULT, "guest address " + Hex(iova + done) + " is not mapped");
+    }
+    uint64_t chunk = std::min<uint64_t>(r->size - (iova + done - r->iova), len - done);
+    auto p = Translate(iova + done, chunk, access);
+    if (!p) {
+      out->resize(first);
+      return p.error();
+    }
+    out->push_back({*p, chunk});
+    done += chunk;
+  }
+  return Status::Ok();
+}
+
 Status DmaMapTable::Read(uint64_t iova, std::span<uint8_t> out) {
   if (!RangeFitsAddressSpace(iova, out.size())) return MakeError(EFAULT, "guest range wraps");
   size_t done = 0;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <span>
+#include <vector>
 
 #include "server/common/mapping.h"
 #include "server/common/status.h"
@@ -40,6 +41,8 @@ class DmaMapTable : public GuestMemory {
   const std::map<uint64_t, Region>& regions() const { return regions_; }
 
   Result<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) override;
+  Status TranslateSegments(uint64_t iova, uint64_t len, Access access,
+                           std::vector<iovec>* out) override;
   Status Read(uint64_t iova, std::span<uint8_t> out) override;
   Status Write(uint64_t iova, std::span<const uint8_t> data) override;
 

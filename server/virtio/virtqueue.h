@@ -1,0 +1,108 @@
+// Split virtqueue (virtio 1.x, section 2.7) as the device sees it, over GuestMemory.
+//
+// The queue is plain state (size, ring addresses, indices) plus host pointers to the three
+// rings, obtained from the client's DMA map table at configuration time. Every descriptor
+// address and length is translated through GuestMemory, so a buffer outside mapped,
+// accessible memory never turns into a server memory access. Chains are bounded: no loops, no
+// more descriptors than the ring size (or than an indirect table holds), no nested indirect
+// tables. Ring index reads use acquire ordering and the used index a release store; the
+// decision to interrupt or to sleep re-reads the driver's flags after a full fence.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "server/common/status.h"
+#include "server/session/device.h"
+
+namespace vfu::virtio {
+
+inline constexpr uint16_t kDescFlagNext = 1;
+inline constexpr uint16_t kDescFlagWrite = 2;
+inline constexpr uint16_t kDescFlagIndirect = 4;
+inline constexpr uint16_t kAvailFlagNoInterrupt = 1;  // VRING_AVAIL_F_NO_INTERRUPT
+inline constexpr uint16_t kUsedFlagNoNotify = 1;      // VRING_USED_F_NO_NOTIFY
+inline constexpr uint16_t kMaxQueueSize = 32768;
+
+struct QueueConfig {
+  uint16_t size = 0;  // a power of two, 1..32768
+  uint64_t desc_addr = 0;
+  uint64_t avail_addr = 0;
+  uint64_t used_addr = 0;
+  bool event_idx = false;      // VIRTIO_F_EVENT_IDX negotiated
+  bool indirect = false;       // VIRTIO_F_INDIRECT_DESC negotiated
+};
+
+// One available request: the head index and its buffers as host segments, device-readable
+// ones first (in chain order), then device-writable ones.
+struct DescriptorChain {
+  uint16_t head = 0;
+  std::vector<iovec> readable;
+  std::vector<iovec> writable;
+  uint64_t readable_bytes = 0;
+  uint64_t writable_bytes = 0;
+  // Set when the chain itself was well formed but a buffer could not be translated (outside
+  // mapped memory, wrong permission): the device fails just this request. The segments that
+  // did translate are kept so that a device can still write a status byte if its status
+  // buffer is fine.
+  Status buffer_error;
+
+  void Clear();
+};
+
+class SplitVirtqueue {
+ public:
+  // Checks the configuration (size a power of two, ring alignment 16/2/4, each ring inside
+  // one mapped accessible region: descriptor table and avail ring readable, used ring
+  // writable) and takes host pointers to the rings.
+  Status Configure(const QueueConfig& config, GuestMemory* memory);
+  void Reset();
+  bool ready() const { return desc_ != nullptr; }
+  const QueueConfig& config() const { return config_; }
+
+  // Takes the next available chain into *chain (reusing its vectors). Returns false when the
+  // ring is empty. An error means the driver broke the ring itself (avail index ahead by
+  // more than the queue size, head index out of range, a loop, a chain longer than allowed,
+  // a malformed or nested indirect table): the device must set NEEDS_RESET.
+  Result<bool> Pop(DescriptorChain* chain);
+
+  // Returns a chain to the driver with `written` bytes written into its writable part.
+  void Push(uint16_t head, uint32_t written);
+
+  // After one or more Push calls: whether the driver wants an interrupt now (honours
+  // VRING_AVAIL_F_NO_INTERRUPT, or used_event with EVENT_IDX).
+  bool ShouldInterrupt();
+
+  // True when the driver has made buffers available that Pop has not taken yet.
+  bool HasAvailable() const;
+
+  // Kick suppression while the device polls: disabled sets VRING_USED_F_NO_NOTIFY (or stops
+  // moving avail_event with EVENT_IDX); enabled clears it (or publishes avail_event =
+  // next avail index). Returns true if, after enabling, work is already available (the caller
+  // must then not sleep: this closes the race with a driver that added work without kicking).
+  bool EnableNotifications();
+  void DisableNotifications();
+
+  uint16_t last_avail_idx() const { return last_avail_idx_; }
+  uint16_t used_idx() const { return used_idx_; }
+  // Restores indices (e.g. a device reattaching to a live queue); tests use it too.
+  void set_indices(uint16_t last_avail, uint16_t used) {
+    last_avail_idx_ = last_avail;
+    used_idx_ = used;
+  }
+
+ private:
+  QueueConfig config_;
+  GuestMemory* memory_ = nullptr;
+  uint8_t* desc_ = nullptr;   // struct virtq_desc[size]
+  uint8_t* avail_ = nullptr;  // flags, idx, ring[size], used_event
+  uint8_t* used_ = nullptr;   // flags, idx, ring[size] {id, len}, avail_event
+  uint16_t last_avail_idx_ = 0;
+  uint16_t used_idx_ = 0;
+  uint16_t signalled_used_ = 0;  // used index at the last interrupt decision (EVENT_IDX)
+  bool signalled_used_valid_ = false;
+};
+
+}  // namespace vfu::virtio
