@@ -28,4 +28,7 @@ std::vector<std::string> KnownDeviceClasses();
 
 Result<std::unique_ptr<VfioDevice>> CreateDevice(const DeviceSpec& spec);
 
+// "64M", "1G", "4096", "512K" (binary units) -> bytes.
+Result<uint64_t> ParseSize(const std::string& text);
+
 }  // namespace vfu::devices

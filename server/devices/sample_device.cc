@@ -141,7 +141,8 @@ void SampleDevice::RunDma(uint32_t command) {
       dma_result_ = sum;
     }
   } else if (command == kDmaFill) {
-    std::memset(buf.data(), scratch_ & 0xff, buf.size());
+    // An empty vector's data() may be null, and memset(nullptr, _, 0) is undefined.
+    if (!buf.empty()) std::memset(buf.data(), scratch_ & 0xff, buf.size());
     s = context()->guest_memory().Write(dma_addr_, buf);
   } else {
     s = MakeError(EINVAL, "unknown DMA command");

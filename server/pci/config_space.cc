@@ -74,6 +74,112 @@ Status ConfigSpace::DeclareBar(int index, uint64_t size, uint32_t flags) {
   return Status::Ok();
 }
 
+Result<uint32_t> ConfigSpace::AddCapability(uint8_t id, std::span<const uint8_t> body,
+                                            std::span<const uint8_t> writable) {
+  if (!writable.empty() && writable.size() != body.size()) {
+    return MakeError(EINVAL, "capability writable mask does not match its body");
+  }
+  uint32_t off = next_cap_;
+  uint64_t end = uint64_t{off} + 2 + body.size();
+  if (end > kExtendedCapStart || end > bytes_.size()) {
+    return MakeError(ENOSPC, "no room for capability " + std::to_string(id) + " (" +
+                                 std::to_string(2 + body.size()) + " bytes at " +
+                                 std::to_string(off) + ")");
+  }
+  bytes_[off] = id;
+  bytes_[off + kCapNextOffset] = 0;
+  writable_[off] = writable_[off + 1] = 0;
+  w1c_[off] = w1c_[off + 1] = 0;
+  for (size_t i = 0; i < body.size(); ++i) {
+    bytes_[off + 2 + i] = body[i];
+    writable_[off + 2 + i] = writable.empty() ? 0 : writable[i];
+    w1c_[off + 2 + i] = 0;
+  }
+  if (last_cap_ == 0) {
+    bytes_[kCapabilitiesPointer] = static_cast<uint8_t>(off);
+    Set16(kStatus, Get16(kStatus) | kStatusCapList);
+  } else {
+    bytes_[last_cap_ + kCapNextOffset] = static_cast<uint8_t>(off);
+  }
+  last_cap_ = off;
+  next_cap_ = static_cast<uint32_t>((end + 3) & ~uint64_t{3});
+  reset_bytes_ = bytes_;
+  return off;
+}
+
+Result<uint32_t> ConfigSpace::AddVendorCapability(std::span<const uint8_t> body,
+                                                  std::span<const uint8_t> writable) {
+  if (!writable.empty() && writable.size() != body.size()) {
+    return MakeError(EINVAL, "capability writable mask does not match its body");
+  }
+  if (body.size() + 3 > 0xff) return MakeError(EINVAL, "vendor capability longer than 255 bytes");
+  std::vector<uint8_t> full;
+  full.reserve(body.size() + 1);
+  full.push_back(static_cast<uint8_t>(body.size() + 3));
+  full.insert(full.end(), body.begin(), body.end());
+  std::vector<uint8_t> mask;
+  if (!writable.empty()) {
+    mask.push_back(0);
+    mask.insert(mask.end(), writable.begin(), writable.end());
+  }
+  return AddCapability(kCapIdVendor, full, mask);
+}
+
+Result<uint32_t> ConfigSpace::AddExtendedCapability(uint16_t id, uint8_t version,
+                                                    std::span<const uint8_t> body,
+                                                    std::span<const uint8_t> writable) {
+  if (bytes_.size() < kExpressConfigSize) {
+    return MakeError(EINVAL, "extended capabilities need a 4 KiB config space");
+  }
+  if (!writable.empty() && writable.size() != body.size()) {
+    return MakeError(EINVAL, "capability writable mask does not match its body");
+  }
+  if (version > 0xf) return MakeError(EINVAL, "extended capability version above 15");
+  uint32_t off = next_ext_cap_;
+  uint64_t end = uint64_t{off} + 4 + body.size();
+  if (end > bytes_.size()) {
+    return MakeError(ENOSPC, "no room for extended capability " + std::to_string(id));
+  }
+  Set32(off, uint32_t{id} | (uint32_t{version} << 16));
+  SetWritable32(off, 0);
+  for (int i = 0; i < 4; ++i) w1c_[off + i] = 0;
+  for (size_t i = 0; i < body.size(); ++i) {
+    bytes_[off + 4 + i] = body[i];
+    writable_[off + 4 + i] = writable.empty() ? 0 : writable[i];
+    w1c_[off + 4 + i] = 0;
+  }
+  if (last_ext_cap_ != 0) {
+    Set32(last_ext_cap_, (Get32(last_ext_cap_) & 0x000fffffu) | (off << 20));
+  }
+  last_ext_cap_ = off;
+  next_ext_cap_ = static_cast<uint32_t>((end + 3) & ~uint64_t{3});
+  reset_bytes_ = bytes_;
+  return off;
+}
+
+std::optional<uint32_t> ConfigSpace::FindCapability(uint8_t id) const {
+  if (!(Get16(kStatus) & kStatusCapList)) return std::nullopt;
+  uint32_t off = bytes_[kCapabilitiesPointer] & ~3u;
+  // At most 48 dword-aligned capabilities fit in 0x40..0xff: bounds a corrupt (looping) chain.
+  for (int n = 0; off >= kCapAreaStart && off < kExtendedCapStart && n < 48; ++n) {
+    if (bytes_[off] == id) return off;
+    off = bytes_[off + kCapNextOffset] & ~3u;
+  }
+  return std::nullopt;
+}
+
+std::optional<uint32_t> ConfigSpace::FindExtendedCapability(uint16_t id) const {
+  if (bytes_.size() < kExpressConfigSize) return std::nullopt;
+  uint32_t off = kExtendedCapStart;
+  for (int n = 0; off >= kExtendedCapStart && off + 4 <= bytes_.size() && n < 960; ++n) {
+    uint32_t header = Get32(off);
+    if (header == 0) return std::nullopt;
+    if ((header & 0xffff) == id) return off;
+    off = (header >> 20) & ~3u;
+  }
+  return std::nullopt;
+}
+
 void ConfigSpace::Read(uint32_t off, std::span<uint8_t> out) const {
   for (size_t i = 0; i < out.size(); ++i) out[i] = bytes_[off + i];
 }

@@ -2,9 +2,16 @@
 // mask (everything else is read-only) and a write-1-to-clear mask (status error bits). BAR
 // sizing falls out of the mask: the address bits below the BAR size are read-only zero, so an
 // all-ones write reads back as the size mask with the type flags. Little-endian, as PCI is.
+//
+// Capabilities: standard ones live in 0x40..0xff, dword aligned, linked from the capability
+// pointer (0x34) through each one's next byte in the order they were added (Status.CAP_LIST is
+// set with the first). Extended ones (4 KiB config spaces only) start at 0x100 with a 32-bit
+// header: ID (15:0), version (19:16), next offset (31:20); a config space without any keeps an
+// all-zero header at 0x100, which ends the walk for Linux and QEMU.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -48,6 +55,18 @@ inline constexpr uint32_t kBarPrefetch = 0x8;
 inline constexpr size_t kConventionalConfigSize = 256;
 inline constexpr size_t kExpressConfigSize = 4096;
 
+// Capability IDs.
+inline constexpr uint8_t kCapIdPowerManagement = 0x01;
+inline constexpr uint8_t kCapIdMsi = 0x05;
+inline constexpr uint8_t kCapIdVendor = 0x09;
+inline constexpr uint8_t kCapIdExpress = 0x10;
+inline constexpr uint8_t kCapIdMsix = 0x11;
+
+inline constexpr uint32_t kCapAreaStart = 0x40;        // first standard capability
+inline constexpr uint32_t kExtendedCapStart = 0x100;   // first extended capability
+inline constexpr uint32_t kCapNextOffset = 1;          // next pointer within a standard cap
+inline constexpr uint32_t kVendorCapLengthOffset = 2;  // cap_len byte of a vendor cap
+
 class ConfigSpace {
  public:
   explicit ConfigSpace(size_t size = kConventionalConfigSize);
@@ -65,6 +84,27 @@ class ConfigSpace {
   void SetWritable16(uint32_t off, uint16_t mask);
   void SetWritable32(uint32_t off, uint32_t mask);
   void SetWriteOneToClear16(uint32_t off, uint16_t mask);
+
+  // Capabilities are device setup: each call also makes the current bytes the reset values
+  // (as DeclareBar does). All return the capability's offset in config space.
+  //
+  // A standard capability: `body` is everything after the two header bytes (ID, next pointer);
+  // `writable` is the writable-bit mask for `body` (empty: all read-only; otherwise exactly
+  // body.size() bytes). ENOSPC when it does not fit below 0x100.
+  Result<uint32_t> AddCapability(uint8_t id, std::span<const uint8_t> body,
+                                 std::span<const uint8_t> writable = {});
+  // A vendor-specific capability (ID 0x09). The byte after the header is the capability length
+  // (3 + body.size()), filled in here; `body` and `writable` cover what follows it (for
+  // virtio-pci: cfg_type, bar, id, padding[2], offset, length, and any extra fields).
+  Result<uint32_t> AddVendorCapability(std::span<const uint8_t> body,
+                                       std::span<const uint8_t> writable = {});
+  // An extended capability (4 KiB config spaces only): `body` follows the 4-byte header.
+  Result<uint32_t> AddExtendedCapability(uint16_t id, uint8_t version,
+                                         std::span<const uint8_t> body,
+                                         std::span<const uint8_t> writable = {});
+  // The first capability with `id` (walking the chain from 0x34 / 0x100), if any.
+  std::optional<uint32_t> FindCapability(uint8_t id) const;
+  std::optional<uint32_t> FindExtendedCapability(uint16_t id) const;
 
   // Declares BAR `index` (0-5) of `size` bytes (a power of two, >= 16 for memory, >= 4 for
   // I/O) with kBarIo / kBarMem64 / kBarPrefetch flags. A 64-bit BAR also takes index + 1.
@@ -86,6 +126,10 @@ class ConfigSpace {
   std::vector<uint8_t> w1c_;
   std::vector<uint8_t> reset_bytes_;
   uint64_t bar_sizes_[6] = {};
+  uint32_t next_cap_ = kCapAreaStart;          // where the next standard cap goes
+  uint32_t last_cap_ = 0;                      // offset of the last standard cap (0: none)
+  uint32_t next_ext_cap_ = kExtendedCapStart;  // where the next extended cap goes
+  uint32_t last_ext_cap_ = 0;                  // offset of the last extended cap (0: none)
 };
 
 }  // namespace vfu::pci

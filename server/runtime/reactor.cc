@@ -13,12 +13,6 @@
 namespace vfu {
 namespace {
 
-uint64_t NowNs() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::steady_clock::now().time_since_epoch())
-                                   .count());
-}
-
 constexpr uint64_t kWakeToken = 0;
 
 }  // namespace
@@ -111,13 +105,18 @@ void Reactor::RunPostedTasks() {
   for (Task& t : tasks) t();
 }
 
-bool Reactor::RunPollers() {
+bool Reactor::RunPollers(std::chrono::steady_clock::time_point* now) {
   bool busy = false;
+  // One clock read per poller boundary (each read ends one poller's time and starts the
+  // next's): a clock read costs tens of ns in a VM and the busy loop pays it every round.
+  auto start = std::chrono::steady_clock::now();
   // Index loop: a poller may remove itself (or another) while running.
   for (size_t i = 0; i < pollers_.size(); ++i) {
-    uint64_t start = NowNs();
     PollResult r = pollers_[i].poller->Poll();
-    uint64_t elapsed = NowNs() - start;
+    auto end = std::chrono::steady_clock::now();
+    uint64_t elapsed = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count());
+    start = end;
     if (i >= pollers_.size()) break;
     PollerStats& s = pollers_[i].stats;
     if (r == PollResult::kBusy) {
@@ -129,6 +128,7 @@ bool Reactor::RunPollers() {
       ++s.idle_polls;
     }
   }
+  *now = start;
   return busy;
 }
 
@@ -166,28 +166,35 @@ int Reactor::DispatchEvents(int timeout_ms) {
 }
 
 bool Reactor::RunOnce(std::chrono::milliseconds timeout) {
-  bool busy = RunPollers();
-  auto now = std::chrono::steady_clock::now();
+  if (pollers_.empty()) return DispatchEvents(static_cast<int>(timeout.count())) > 0;
+  std::chrono::steady_clock::time_point now;
+  bool busy = RunPollers(&now);  // `now`: when the last poller returned
   if (busy) {
     idle_ = false;
   } else if (!idle_) {
     idle_ = true;
     idle_since_ = now;
   }
-  bool may_sleep =
-      !options_.busy_poll && idle_ && (now - idle_since_) >= options_.idle_before_sleep;
-  if (!may_sleep || pollers_.empty()) {
-    int timeout_ms = (may_sleep || pollers_.empty()) ? static_cast<int>(timeout.count()) : 0;
-    return DispatchEvents(timeout_ms) > 0 || busy;
+  std::chrono::microseconds threshold{0};
+  for (const auto& p : pollers_) threshold = std::max(threshold, p.poller->IdleThreshold());
+  bool may_sleep = idle_ && threshold != Poller::kNeverSleep && (now - idle_since_) >= threshold;
+  if (!may_sleep) {
+    // Polling: look at fds only every fd_check_interval.
+    if (now - last_fd_check_ < options_.fd_check_interval) return busy;
+    last_fd_check_ = now;
+    return DispatchEvents(0) > 0 || busy;
   }
   if (!PollersAgreeToSleep()) {
     idle_ = false;
-    return DispatchEvents(0) > 0 || true;
+    last_fd_check_ = now;
+    DispatchEvents(0);
+    return true;
   }
   ++sleeps_;
   int n = DispatchEvents(static_cast<int>(timeout.count()));
   for (auto& p : pollers_) p.poller->AfterWake();
   idle_ = false;
+  last_fd_check_ = std::chrono::steady_clock::now();
   return n > 0;
 }
 

@@ -33,6 +33,12 @@ class Poller {
   virtual bool PrepareToSleep() { return true; }
   // Woken up (or the sleep was called off): notifications may be suppressed again.
   virtual void AfterWake() {}
+  // How long this poller wants every poller to have been idle before the thread sleeps:
+  // zero sleeps at once (interrupt mode), kNeverSleep keeps the thread polling (busy mode).
+  virtual std::chrono::microseconds IdleThreshold() const { return kDefaultIdleThreshold; }
+
+  static constexpr std::chrono::microseconds kDefaultIdleThreshold{200};
+  static constexpr std::chrono::microseconds kNeverSleep = std::chrono::microseconds::max();
 };
 
 struct PollerStats {
@@ -48,10 +54,9 @@ class Reactor {
   using Task = std::function<void()>;
 
   struct Options {
-    // Consecutive idle rounds of every poller before the reactor tries to sleep. 0 sleeps at
-    // the first idle round (interrupt mode); a negative value never sleeps (busy mode).
-    std::chrono::microseconds idle_before_sleep{100};
-    bool busy_poll = false;
+    // While pollers are busy, sockets and eventfds are checked (epoll_wait without sleeping)
+    // at most this often, so the fast path does not pay a syscall per round.
+    std::chrono::microseconds fd_check_interval{20};
   };
 
   Reactor();
@@ -94,7 +99,7 @@ class Reactor {
     PollerStats stats;
   };
 
-  bool RunPollers();
+  bool RunPollers(std::chrono::steady_clock::time_point* now);
   bool PollersAgreeToSleep();
   int DispatchEvents(int timeout_ms);
   void RunPostedTasks();
@@ -110,6 +115,7 @@ class Reactor {
   std::vector<Task> posted_;
   std::atomic<bool> stop_{false};
   std::chrono::steady_clock::time_point idle_since_{};
+  std::chrono::steady_clock::time_point last_fd_check_{};
   bool idle_ = false;
   uint64_t sleeps_ = 0;
 };

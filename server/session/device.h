@@ -19,6 +19,8 @@
 
 namespace vfu {
 
+class Poller;
+
 // Guest (client) memory as the device sees it: IOVAs that the client DMA-mapped. Every access
 // is checked to lie inside mapped, accessible memory with the required permission.
 class GuestMemory {
@@ -90,6 +92,11 @@ class VfioDevice {
     (void)iova;
     (void)size;
   }
+  // A device that does work between messages (polls rings) returns its poller; the endpoint
+  // registers it with the reactor, and wake_fd (when >= 0) as an fd that wakes a sleeping
+  // reactor (e.g. backend I/O completions).
+  virtual Poller* poller() { return nullptr; }
+  virtual int wake_fd() const { return -1; }
   // An IRQ's mask state changed (e.g. MSI-X vector unmasked via SET_IRQS).
   virtual void OnIrqMaskChanged(uint32_t index, uint32_t vector, bool masked) {
     (void)index;

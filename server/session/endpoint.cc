@@ -25,6 +25,12 @@ Status DeviceEndpoint::Start() {
     listener_ = UnixListener();
     return s;
   }
+  if (Poller* poller = device_->poller()) reactor_->AddPoller(poller, id_);
+  if (int fd = device_->wake_fd(); fd >= 0) {
+    // Completions of device I/O: waking is all that is needed, the poller collects them.
+    s = reactor_->Add(fd, EPOLLIN, [](uint32_t) {});
+    if (!s.ok()) log_.Warn("cannot watch the device's completion fd", {{"error", s.message()}});
+  }
   log_.Info("listening", {{"socket", socket_path_}});
   return Status::Ok();
 }
@@ -32,6 +38,8 @@ Status DeviceEndpoint::Start() {
 void DeviceEndpoint::Stop() {
   EndSession();
   if (listener_.fd() >= 0) {
+    if (Poller* poller = device_->poller()) reactor_->RemovePoller(poller);
+    if (int fd = device_->wake_fd(); fd >= 0) reactor_->Remove(fd);
     reactor_->Remove(listener_.fd());
     listener_ = UnixListener();  // closes and unlinks
   }

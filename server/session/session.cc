@@ -80,6 +80,11 @@ Session::State Session::OnReadable() {
     }
     Handle(inbound_);
     if (closed_) return State::kClosed;
+    // A client waiting for this reply has sent nothing more yet (unless it pipelines): go back
+    // to epoll, which is level-triggered and reports any further bytes, instead of paying for
+    // a recvmsg that would almost always say EAGAIN. Posted (NO_REPLY) writes come in bursts,
+    // so keep reading after those.
+    if (!(inbound_.header.flags & wire::kFlagNoReply)) break;
   }
   return State::kOpen;
 }
@@ -103,6 +108,7 @@ void Session::Handle(InboundMessage& msg) {
     log_.Warn("ignoring a reply message from the client",
               {{"msg_id", Num(h.msg_id)}, {"command", wire::CommandName(h.command)}});
     ++stats_.errors;
+    msg.fds.clear();  // close whatever fds it carried now, not when the next message arrives
     return;
   }
   reply_buf_.assign(sizeof(wire::Header), 0);

@@ -9,7 +9,9 @@
 # The serial console (and QEMU's own messages) go to the log; the run passes (exit 0) when
 # the log has the line "E2E-RESULT: PASS" (printed by make-initramfs.sh's /init), else it
 # fails (exit 1) and prints the last 40 log lines. QEMU always runs under `timeout` and is
-# killed when this script exits or is interrupted.
+# killed when this script exits or is interrupted. A guest reboot ends QEMU (-no-reboot)
+# unless --allow-reboot is given; then a guest that boots more than --max-boots times (the
+# /init banner "E2E: init started" counts the boots) is killed as well.
 set -euo pipefail
 
 usage() {
@@ -34,6 +36,11 @@ Options:
   --kernel KIND|PATH   vmlinux (default: extracted, PVH boot, faster), bzimage, or a file
   --qemu-arg ARG       pass ARG to QEMU verbatim (repeatable), e.g. --qemu-arg -device
                        --qemu-arg nvme,serial=x,drive=d
+  --allow-reboot       let a guest reboot reset the machine and boot again (no -no-reboot);
+                       QEMU still ends on the guest's poweroff
+  --max-boots N        with --allow-reboot: kill QEMU when the guest starts boot N+1
+                       (default 2)
+  --pidfile FILE       QEMU writes its pid to FILE (QEMU's -pidfile), e.g. to kill it
   --quiet              do not echo the console to stdout while the guest runs
   --print-cmd          print the QEMU command line and exit
   --help               show this help
@@ -58,6 +65,9 @@ KERNEL=vmlinux
 EXTRA=()
 QUIET=0
 PRINT_CMD=0
+ALLOW_REBOOT=0
+MAX_BOOTS=2
+PIDFILE=""
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "run-guest.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -72,6 +82,9 @@ while [[ $# -gt 0 ]]; do
         --kernel) need "$@"; KERNEL="$2"; shift ;;
         --qemu-arg) [[ $# -ge 2 ]] || { echo "run-guest.sh: --qemu-arg needs a value" >&2; exit 2; }
             EXTRA+=("$2"); shift ;;
+        --allow-reboot) ALLOW_REBOOT=1 ;;
+        --max-boots) need "$@"; MAX_BOOTS="$2"; shift ;;
+        --pidfile) need "$@"; PIDFILE="$2"; shift ;;
         --quiet) QUIET=1 ;;
         --print-cmd) PRINT_CMD=1 ;;
         -h | --help) usage; exit 0 ;;
@@ -83,6 +96,7 @@ done
 [[ -f "$INITRD" ]] || { echo "run-guest.sh: no such initrd: $INITRD" >&2; exit 2; }
 [[ "$SMP" =~ ^[1-9][0-9]*$ ]] || { echo "run-guest.sh: bad --smp: $SMP" >&2; exit 2; }
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || { echo "run-guest.sh: bad --timeout: $TIMEOUT" >&2; exit 2; }
+[[ "$MAX_BOOTS" =~ ^[1-9][0-9]*$ ]] || { echo "run-guest.sh: bad --max-boots: $MAX_BOOTS" >&2; exit 2; }
 [[ -z "$MSG_TIMEOUT" || "$MSG_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || {
     echo "run-guest.sh: bad --msg-timeout: $MSG_TIMEOUT" >&2; exit 2; }
 if [[ ! -x "$E2E_LOADER" || ! -f "$E2E_CACHE/kernel/vmlinuz" ]]; then
@@ -111,11 +125,13 @@ QEMU_ARGS=(
     -machine "q35,memory-backend=mem"
     -m "$MEM"
     -smp "$SMP"
-    -nographic -nic none -no-reboot
+    -nographic -nic none
     -kernel "$KERNEL_FILE"
     -initrd "$INITRD"
     -append "console=ttyS0 panic=-1 quiet${APPEND}"
 )
+[[ $ALLOW_REBOOT -eq 1 ]] || QEMU_ARGS+=(-no-reboot)
+[[ -z "$PIDFILE" ]] || QEMU_ARGS+=(-pidfile "$(abspath "$PIDFILE")")
 while read -r arg; do QEMU_ARGS+=("$arg"); done < <(e2e_qemu_firmware_args)
 for sock in "${SOCKETS[@]}"; do
     sock="$(abspath "$sock")"
@@ -146,6 +162,7 @@ mkdir -p "$(dirname "$LOG")"
 
 QEMU_PID=""
 TAIL_PID=""
+WATCH_PID=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
     if [[ -n "$QEMU_PID" ]] && kill -0 "$QEMU_PID" 2>/dev/null; then
@@ -164,10 +181,12 @@ cleanup() {
             kill -KILL "$QEMU_PID" 2>/dev/null || true
         fi
     fi
-    if [[ -n "$TAIL_PID" ]]; then
-        kill "$TAIL_PID" 2>/dev/null || true
-        wait "$TAIL_PID" 2>/dev/null || true
-    fi
+    local p
+    for p in "$TAIL_PID" "$WATCH_PID"; do
+        [[ -n "$p" ]] || continue
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
 }
 trap cleanup EXIT
 trap 'echo "run-guest.sh: interrupted" >&2; exit 130' INT TERM HUP
@@ -179,10 +198,29 @@ if [[ $QUIET -eq 0 ]]; then
     tail -n +1 -s 0.2 --pid="$QEMU_PID" -f "$LOG" &
     TAIL_PID=$!
 fi
+if [[ $ALLOW_REBOOT -eq 1 ]]; then
+    # Boot counter: a guest that keeps rebooting (e.g. it never sees that it already booted)
+    # is stopped at the start of boot MAX_BOOTS+1 instead of running into the timeout.
+    (
+        while kill -0 "$QEMU_PID" 2>/dev/null; do
+            if (($(grep -a -c 'E2E: init started' "$LOG" || true) > MAX_BOOTS)); then
+                kill -TERM "$QEMU_PID" 2>/dev/null || true
+                break
+            fi
+            sleep 0.2
+        done
+    ) &
+    WATCH_PID=$!
+fi
 RC=0
 wait "$QEMU_PID" || RC=$?
 QEMU_PID=""
 END_NS=$(date +%s%N)
+if [[ -n "$WATCH_PID" ]]; then
+    kill "$WATCH_PID" 2>/dev/null || true
+    wait "$WATCH_PID" 2>/dev/null || true
+    WATCH_PID=""
+fi
 if [[ -n "$TAIL_PID" ]]; then
     wait "$TAIL_PID" 2>/dev/null || true
     TAIL_PID=""
@@ -194,8 +232,13 @@ if [[ "$RESULT" == "E2E-RESULT: PASS" ]]; then
     echo "run-guest: PASS in ${ELAPSED} s (log: $LOG)" >&2
     exit 0
 fi
-if [[ $RC -eq 124 || $RC -eq 137 ]]; then
+BOOTS=$(grep -a -c 'E2E: init started' "$LOG" || true)
+if [[ $ALLOW_REBOOT -eq 1 ]] && ((BOOTS > MAX_BOOTS)); then
+    WHY="the guest booted $BOOTS times (--max-boots $MAX_BOOTS)"
+elif [[ $RC -eq 124 ]] || [[ $RC -eq 137 && $(( (END_NS - START_NS) / 1000000000 )) -ge $TIMEOUT ]]; then
     WHY="timed out after ${TIMEOUT} s"
+elif ((RC > 128)); then
+    WHY="QEMU was killed by signal $((RC - 128))"
 elif [[ -n "$RESULT" ]]; then
     WHY="guest: ${RESULT#E2E-RESULT: }"
 else

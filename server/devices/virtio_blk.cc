@@ -1,0 +1,377 @@
+#include "server/devices/virtio_blk.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "server/common/log.h"
+
+namespace vfu::devices {
+namespace {
+
+constexpr size_t kPopBudget = 64;  // chains taken from one queue per round
+
+// Copies `out.size()` bytes from the front of the segments.
+bool CopyFromSegments(const std::vector<iovec>& segs, uint64_t skip, std::span<uint8_t> out) {
+  size_t done = 0;
+  for (const iovec& v : segs) {
+    if (done == out.size()) break;
+    if (skip >= v.iov_len) {
+      skip -= v.iov_len;
+      continue;
+    }
+    size_t n = std::min<size_t>(v.iov_len - skip, out.size() - done);
+    std::memcpy(out.data() + done, static_cast<uint8_t*>(v.iov_base) + skip, n);
+    done += n;
+    skip = 0;
+  }
+  return done == out.size();
+}
+
+// Appends the segments covering [skip, skip + len) of `segs` to *out.
+void SliceSegments(const std::vector<iovec>& segs, uint64_t skip, uint64_t len,
+                   std::vector<iovec>* out) {
+  for (const iovec& v : segs) {
+    if (len == 0) break;
+    if (skip >= v.iov_len) {
+      skip -= v.iov_len;
+      continue;
+    }
+    size_t n = std::min<uint64_t>(v.iov_len - skip, len);
+    out->push_back({static_cast<uint8_t*>(v.iov_base) + skip, n});
+    len -= n;
+    skip = 0;
+  }
+}
+
+}  // namespace
+
+VirtioBlkDevice::VirtioBlkDevice(std::unique_ptr<block::Backend> backend, VirtioBlkOptions options)
+    : backend_(std::move(backend)), options_(options) {
+  if (backend_->read_only()) options_.read_only = true;
+  config_.capacity = backend_->size() / kSectorSize;
+  config_.seg_max = options_.seg_max;
+  config_.blk_size = options_.block_size;
+  config_.num_queues = options_.num_queues;
+  config_.max_discard_sectors = UINT32_MAX / kSectorSize;
+  config_.max_discard_seg = 1;
+  config_.discard_sector_alignment = options_.block_size / kSectorSize;
+  config_.max_write_zeroes_sectors = UINT32_MAX / kSectorSize;
+  config_.max_write_zeroes_seg = 1;
+  config_.write_zeroes_may_unmap = 1;
+  size_t max_inflight = size_t{options_.num_queues} * options_.queue_size;
+  slots_.resize(max_inflight);
+  for (int i = static_cast<int>(max_inflight) - 1; i >= 0; --i) free_slots_.push_back(i);
+  interrupt_pending_.assign(options_.num_queues, false);
+}
+
+VirtioBlkDevice::~VirtioBlkDevice() { WaitForInflight(); }
+
+uint64_t VirtioBlkDevice::device_features() const {
+  uint64_t f = kBlkFeatureSegMax | kBlkFeatureBlkSize | kBlkFeatureFlush | kBlkFeatureDiscard |
+               kBlkFeatureWriteZeroes;
+  if (options_.num_queues > 1) f |= kBlkFeatureMq;
+  if (options_.read_only) f |= kBlkFeatureRo;
+  return f;
+}
+
+void VirtioBlkDevice::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(&config_);
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i] = offset + i < sizeof(config_) ? bytes[offset + i] : 0;
+  }
+}
+
+void VirtioBlkDevice::WriteConfig(uint32_t offset, std::span<const uint8_t> data) {
+  // Only the writeback byte is writable (and only with CONFIG_WCE, which we do not offer).
+  (void)offset;
+  (void)data;
+}
+
+Status VirtioBlkDevice::Activate(virtio::VirtioContext* context) {
+  context_ = context;
+  std::fill(interrupt_pending_.begin(), interrupt_pending_.end(), false);
+  return Status::Ok();
+}
+
+void VirtioBlkDevice::Reset() {
+  // Buffers of in-flight requests are guest memory: let the backend finish with them, then
+  // forget the requests (the driver is resetting; nothing is returned to it).
+  WaitForInflight();
+  context_ = nullptr;
+}
+
+void VirtioBlkDevice::WaitForInflight() {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (inflight_count_ > 0) {
+    completions_.clear();
+    backend_->Reap(&completions_);
+    for (const block::Completion& c : completions_) {
+      Inflight& s = slots_[c.tag];
+      s.used = false;
+      s.data.clear();
+      free_slots_.push_back(static_cast<int>(c.tag));
+      --inflight_count_;
+    }
+    if (inflight_count_ == 0) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      Log::Write(LogLevel::kError, "virtio-blk: in-flight I/O did not finish within 60 s",
+                 {{"inflight", std::to_string(inflight_count_)}});
+      break;
+    }
+    if (backend_->event_fd() >= 0) {
+      pollfd p{backend_->event_fd(), POLLIN, 0};
+      ::poll(&p, 1, 10);
+    }
+  }
+}
+
+void VirtioBlkDevice::DrainInflight() {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (inflight_count_ > 0 && context_ != nullptr &&
+         std::chrono::steady_clock::now() < deadline) {
+    if (ReapCompletions() == 0 && backend_->event_fd() >= 0) {
+      pollfd p{backend_->event_fd(), POLLIN, 0};
+      ::poll(&p, 1, 10);
+    }
+  }
+  for (uint16_t q = 0; q < options_.num_queues && context_ != nullptr; ++q) {
+    if (interrupt_pending_[q]) {
+      interrupt_pending_[q] = false;
+      context_->InterruptQueue(q);
+    }
+  }
+}
+
+int VirtioBlkDevice::AllocateSlot() {
+  if (free_slots_.empty()) return -1;
+  int slot = free_slots_.back();
+  free_slots_.pop_back();
+  return slot;
+}
+
+PollResult VirtioBlkDevice::Process() {
+  if (context_ == nullptr) return PollResult::kIdle;
+  size_t work = ReapCompletions();
+  for (uint16_t q = 0; q < options_.num_queues && context_ != nullptr; ++q) work += DrainQueue(q);
+  if (context_ == nullptr) return PollResult::kBusy;  // the device was reset by a broken ring
+  work += ReapCompletions();
+  for (uint16_t q = 0; q < options_.num_queues; ++q) {
+    if (interrupt_pending_[q]) {
+      interrupt_pending_[q] = false;
+      context_->InterruptQueue(q);
+    }
+  }
+  return work > 0 ? PollResult::kBusy : PollResult::kIdle;
+}
+
+size_t VirtioBlkDevice::DrainQueue(uint16_t index) {
+  virtio::SplitVirtqueue* queue = context_->queue(index);
+  if (queue == nullptr) return 0;
+  size_t started = 0;
+  while (started < kPopBudget) {
+    if (free_slots_.empty()) break;  // every slot busy: finish some first
+    auto popped = queue->Pop(&chain_);
+    if (!popped.ok()) {
+      context_->SetNeedsReset("virtio-blk queue " + std::to_string(index) + ": " +
+                              popped.error().message);
+      return started + 1;
+    }
+    if (!*popped) break;
+    ++started;
+    StartRequest(index, chain_);
+    if (context_ == nullptr) break;
+  }
+  return started;
+}
+
+void VirtioBlkDevice::Complete(uint16_t queue, uint16_t head, uint8_t* status, uint8_t value,
+                               uint32_t written) {
+  if (status != nullptr) *status = value;
+  if (value == kBlkStatusIoErr) ++stats_.errors;
+  if (value == kBlkStatusUnsupported) ++stats_.unsupported;
+  virtio::SplitVirtqueue* q = context_ != nullptr ? context_->queue(queue) : nullptr;
+  if (q == nullptr) return;
+  q->Push(head, written);
+  interrupt_pending_[queue] = true;
+}
+
+void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chain) {
+  // The status byte is the last device-writable byte of the chain.
+  uint8_t* status = nullptr;
+  if (chain.writable_bytes > 0 && !chain.writable.empty()) {
+    const iovec& last = chain.writable.back();
+    if (last.iov_len > 0) status = static_cast<uint8_t*>(last.iov_base) + last.iov_len - 1;
+  }
+  if (!chain.buffer_error.ok() || status == nullptr) {
+    Complete(queue, chain.head, status, kBlkStatusIoErr, status != nullptr ? 1 : 0);
+    return;
+  }
+  BlkRequestHeader header{};
+  if (!CopyFromSegments(chain.readable, 0, {reinterpret_cast<uint8_t*>(&header), sizeof(header)})) {
+    Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+    return;
+  }
+  uint64_t capacity_bytes = config_.capacity * kSectorSize;
+  uint64_t data_in = chain.writable_bytes - 1;                // excluding the status byte
+  uint64_t data_out = chain.readable_bytes - sizeof(header);  // after the header
+
+  block::Request request;
+  Inflight slot_state;  // everything but the data segments, which go to data_scratch_
+  data_scratch_.clear();
+  switch (header.type) {
+    case kBlkTypeIn:
+    case kBlkTypeOut: {
+      bool in = header.type == kBlkTypeIn;
+      uint64_t len = in ? data_in : data_out;
+      if (!in && options_.read_only) {
+        Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+        return;
+      }
+      if (len % kSectorSize != 0 || header.sector > capacity_bytes / kSectorSize ||
+          len > capacity_bytes - header.sector * kSectorSize) {
+        Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+        return;
+      }
+      if (in) {
+        SliceSegments(chain.writable, 0, len, &data_scratch_);
+      } else {
+        SliceSegments(chain.readable, sizeof(header), len, &data_scratch_);
+      }
+      request.op = in ? block::Op::kRead : block::Op::kWrite;
+      request.offset = header.sector * kSectorSize;
+      request.length = len;
+      slot_state.written = in ? static_cast<uint32_t>(len + 1) : 1;
+      slot_state.bytes = len;
+      if (len == 0) {  // nothing to transfer
+        Complete(queue, chain.head, status, kBlkStatusOk, 1);
+        return;
+      }
+      break;
+    }
+    case kBlkTypeFlush:
+      request.op = block::Op::kFlush;
+      slot_state.written = 1;
+      break;
+    case kBlkTypeGetId: {
+      uint8_t id[kBlkIdBytes] = {};
+      std::memcpy(id, options_.serial.data(),
+                  std::min<size_t>(options_.serial.size(), kBlkIdBytes));
+      uint64_t n = std::min<uint64_t>(data_in, kBlkIdBytes);
+      std::vector<iovec> dst;
+      SliceSegments(chain.writable, 0, n, &dst);
+      size_t at = 0;
+      for (const iovec& v : dst) {
+        std::memcpy(v.iov_base, id + at, v.iov_len);
+        at += v.iov_len;
+      }
+      ++stats_.get_ids;
+      Complete(queue, chain.head, status, kBlkStatusOk, static_cast<uint32_t>(n + 1));
+      return;
+    }
+    case kBlkTypeDiscard:
+    case kBlkTypeWriteZeroes: {
+      bool discard = header.type == kBlkTypeDiscard;
+      BlkDiscardSegment seg{};
+      if (data_out != sizeof(seg) ||
+          !CopyFromSegments(chain.readable, sizeof(header),
+                            {reinterpret_cast<uint8_t*>(&seg), sizeof(seg)})) {
+        // We advertise one segment per request.
+        Complete(queue, chain.head, status, kBlkStatusUnsupported, 1);
+        return;
+      }
+      if ((seg.flags & ~1u) != 0 || (discard && (seg.flags & 1u))) {
+        Complete(queue, chain.head, status, kBlkStatusUnsupported, 1);
+        return;
+      }
+      if (options_.read_only || seg.sector > config_.capacity ||
+          seg.num_sectors > config_.capacity - seg.sector) {
+        Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+        return;
+      }
+      request.op = discard ? block::Op::kDiscard : block::Op::kWriteZeroes;
+      request.offset = seg.sector * kSectorSize;
+      request.length = uint64_t{seg.num_sectors} * kSectorSize;
+      slot_state.written = 1;
+      if (request.length == 0) {
+        Complete(queue, chain.head, status, kBlkStatusOk, 1);
+        return;
+      }
+      break;
+    }
+    default:
+      Complete(queue, chain.head, status, kBlkStatusUnsupported, 1);
+      return;
+  }
+
+  int slot = AllocateSlot();
+  if (slot < 0) {  // cannot happen: DrainQueue checks for a free slot first
+    Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+    return;
+  }
+  Inflight& s = slots_[slot];
+  s.written = slot_state.written;
+  s.bytes = slot_state.bytes;
+  // Swap, not move: s.data was cleared when the slot was freed and keeps its capacity, which
+  // data_scratch_ reuses for the next request (no allocation per request).
+  s.data.swap(data_scratch_);
+  s.used = true;
+  s.queue = queue;
+  s.head = chain.head;
+  s.status = status;
+  s.type = header.type;
+  request.iov = s.data.data();
+  request.iovcnt = static_cast<int>(s.data.size());
+  request.tag = static_cast<uint64_t>(slot);
+  Status submitted = backend_->Submit(request);
+  if (!submitted.ok()) {
+    Log::Write(LogLevel::kWarn, "virtio-blk: backend refused a request",
+               {{"op", block::OpName(request.op)}, {"error", submitted.message()}});
+    s.used = false;
+    s.data.clear();
+    free_slots_.push_back(slot);
+    Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+    return;
+  }
+  ++inflight_count_;
+}
+
+size_t VirtioBlkDevice::ReapCompletions() {
+  completions_.clear();
+  size_t n = backend_->Reap(&completions_);
+  for (const block::Completion& c : completions_) {
+    Inflight& s = slots_[c.tag];
+    bool ok = c.result == 0;
+    if (ok) {
+      switch (s.type) {
+        case kBlkTypeIn:
+          ++stats_.reads;
+          stats_.read_bytes += s.bytes;
+          break;
+        case kBlkTypeOut:
+          ++stats_.writes;
+          stats_.write_bytes += s.bytes;
+          break;
+        case kBlkTypeFlush:
+          ++stats_.flushes;
+          break;
+        case kBlkTypeDiscard:
+          ++stats_.discards;
+          break;
+        case kBlkTypeWriteZeroes:
+          ++stats_.write_zeroes;
+          break;
+      }
+    }
+    Complete(s.queue, s.head, s.status, ok ? kBlkStatusOk : kBlkStatusIoErr, ok ? s.written : 1);
+    s.used = false;
+    s.data.clear();
+    free_slots_.push_back(static_cast<int>(c.tag));
+    --inflight_count_;
+  }
+  return n;
+}
+
+}  // namespace vfu::devices

@@ -1,0 +1,57 @@
+#include "tests/support/server_thread.h"
+
+#include <future>
+
+#include <gtest/gtest.h>
+
+namespace vfu::testing {
+
+std::string ServerThread::AddDevice(const std::string& spec_text) {
+  auto spec = devices::ParseDeviceSpec(spec_text + ",socket=" + dir_.File("x"));
+  if (!spec.ok()) {
+    ADD_FAILURE() << spec.error().message;
+    return {};
+  }
+  spec->socket = dir_.File(spec->id + ".sock");
+  auto device = devices::CreateDevice(*spec);
+  if (!device.ok()) {
+    ADD_FAILURE() << device.error().message;
+    return {};
+  }
+  devices_.push_back(std::move(*device));
+  endpoints_.push_back(
+      std::make_unique<DeviceEndpoint>(spec->id, spec->socket, devices_.back().get(), &reactor_));
+  Status s = endpoints_.back()->Start();
+  if (!s.ok()) ADD_FAILURE() << s.message();
+  return spec->socket;
+}
+
+void ServerThread::Start() {
+  running_ = true;
+  thread_ = std::thread([this] { reactor_.Run(); });
+}
+
+void ServerThread::RunOnReactor(const std::function<void()>& fn) {
+  if (!running_) {
+    fn();
+    return;
+  }
+  std::promise<void> done;
+  reactor_.Post([&] {
+    fn();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+void ServerThread::Stop() {
+  if (running_) {
+    reactor_.Stop();
+    thread_.join();
+    running_ = false;
+  }
+  endpoints_.clear();
+  devices_.clear();
+}
+
+}  // namespace vfu::testing
