@@ -365,6 +365,36 @@ Status VirtioBlkDriver::Raw(uint16_t queue, uint16_t slot, uint32_t type, uint64
   return Submit(queue, slot, type, sector, {}, false, tag);
 }
 
+Status VirtioBlkDriver::SubmitRaw(uint16_t queue, uint16_t first,
+                                  std::span<const RawDescriptor> descs, uint16_t head,
+                                  uint64_t tag) {
+  Queue& q = queues_[queue];
+  for (size_t i = 0; i < descs.size(); ++i) {
+    uint8_t* d = q.desc + 16 * ((first + i) % queue_size_);
+    std::memcpy(d, &descs[i].addr, 8);
+    std::memcpy(d + 8, &descs[i].len, 4);
+    std::memcpy(d + 12, &descs[i].flags, 2);
+    std::memcpy(d + 14, &descs[i].next, 2);
+  }
+  if (head / 3 < slots_per_queue()) q.tags[head / 3] = tag;
+  std::memcpy(q.avail + 4 + 2 * (q.avail_idx % queue_size_), &head, 2);
+  ++q.avail_idx;
+  StoreRelease16(q.avail + 2, q.avail_idx);
+  ++kicks_;
+  uint16_t value = queue;
+  return client_->RegionWritePosted(notify_bar_, notify_off_ + q.notify_off * notify_mult_,
+                                    {reinterpret_cast<uint8_t*>(&value), 2});
+}
+
+void VirtioBlkDriver::CorruptAvailIndex(uint16_t queue, uint16_t delta) {
+  Queue& q = queues_[queue];
+  q.avail_idx = static_cast<uint16_t>(q.avail_idx + delta);
+  StoreRelease16(q.avail + 2, q.avail_idx);
+  uint16_t value = queue;
+  (void)client_->RegionWritePosted(notify_bar_, notify_off_ + q.notify_off * notify_mult_,
+                                   {reinterpret_cast<uint8_t*>(&value), 2});
+}
+
 size_t VirtioBlkDriver::Poll(uint16_t queue, std::vector<BlkCompletion>* out) {
   Queue& q = queues_[queue];
   uint16_t used_idx = LoadAcquire16(q.used + 2);

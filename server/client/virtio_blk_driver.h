@@ -65,6 +65,23 @@ class VirtioBlkDriver {
   Status Raw(uint16_t queue, uint16_t slot, uint32_t type, uint64_t sector, uint32_t in_bytes,
              uint32_t out_bytes, uint64_t tag);
 
+  // Test hook: publishes a hand-made chain (descriptor addresses are raw IOVAs, possibly
+  // hostile) at descriptor index `first` and makes `head` available.
+  struct RawDescriptor {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+  };
+  Status SubmitRaw(uint16_t queue, uint16_t first, std::span<const RawDescriptor> descs,
+                   uint16_t head, uint64_t tag);
+  // Test hook: IOVA of a slot's meta area (header at +0, status at +32) and data (+64).
+  uint64_t slot_iova(uint16_t queue, uint16_t slot) const { return SlotIova(queue, slot, 0); }
+  // Test hook: the first IOVA after the driver's DMA-mapped memory.
+  uint64_t memory_end_iova() const { return options_.iova_base + memory_.size(); }
+  // Test hook: moves the avail index by `delta` without adding entries (a broken driver).
+  void CorruptAvailIndex(uint16_t queue, uint16_t delta);
+
   // Collects finished requests of `queue` from the used ring (non-blocking).
   size_t Poll(uint16_t queue, std::vector<BlkCompletion>* out);
   // Waits for the queue's interrupt eventfd (then Poll). false on timeout.
