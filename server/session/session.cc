@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <string_view>
 
 #include "server/common/checked_math.h"
 
@@ -135,6 +136,9 @@ Status Session::Dispatch(InboundMessage& msg, Reply& reply) {
                    Num(msg.fds.size()) + " were sent");
   }
   auto command = static_cast<Command>(h.command);
+  if (std::string_view(wire::CommandName(h.command)) == "UNKNOWN") {
+    return MakeError(ENOSYS, "unknown command " + Num(h.command));
+  }
   if (command == Command::kVersion) return HandleVersion(msg, reply);
   if (!negotiated_) {
     return Invalid(std::string(wire::CommandName(h.command)) + " before VERSION negotiation");

@@ -366,7 +366,8 @@ TEST(DecodeSetIrqs, FdCountComesFromTheControlMessageNotArgsz) {
 }
 
 TEST(DecodeSetIrqs, DataBoolTakesExactlyCountBools) {
-  auto r = DecodeSetIrqs(IrqSet(kBool | kMask, 3, 3, {1, 0, 1, 9}), 0);
+  const Buf payload = IrqSet(kBool | kMask, 3, 3, {1, 0, 1, 9});  // bools point into it
+  auto r = DecodeSetIrqs(payload, 0);
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->bools.size(), 3u);
   EXPECT_EQ(r->bools[0], 1);

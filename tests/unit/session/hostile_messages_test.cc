@@ -780,7 +780,6 @@ std::vector<HostileCase> AllCases() {
       {"DeviceFeature", Id(Command::kDeviceFeature), AsBytes(wire::DeviceFeature{8, 0})},
       {"MigDataRead", Id(Command::kMigDataRead), {}},
       {"MigDataWrite", Id(Command::kMigDataWrite), {}},
-      {"UnknownCommand99", 99, {}},
   };
   for (const PreVersion& p : pre) {
     v.push_back(RejectsCommand(std::string(p.name) + "BeforeVersionIsRejectedWithEinval", p.command,
@@ -792,6 +791,12 @@ std::vector<HostileCase> AllCases() {
                       EXPECT_EQ(dev.scratch(), 0u);
                     }));
   }
+  // An unknown command is unknown whatever the state: ENOSYS, not "too early".
+  v.push_back(RejectsCommand("UnknownCommand99BeforeVersionIsRejectedWithEnosys", 99, {}, ENOSYS)
+                  .BeforeVersion()
+                  .Verify([](SessionHarness& h, SampleDevice&) {
+                    EXPECT_FALSE(h.session()->negotiated());
+                  }));
   v.push_back(Rejects("DmaMapWithMemfdBeforeVersionIsRejectedWithEinvalAndFdClosed",
                       Command::kDmaMap, DmaMap(0x10000, 0x1000), EINVAL)
                   .BeforeVersion()
