@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache
   clang clang-format clang-tidy libclang-rt-14-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libcli11-dev liburing-dev
+  nlohmann-json3-dev libcli11-dev liburing-dev libyaml-cpp-dev
   python3
 )
 

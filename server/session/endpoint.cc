@@ -2,6 +2,10 @@
 
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
 
 namespace vfu {
 
@@ -20,6 +24,16 @@ Status DeviceEndpoint::Start() {
   auto listener = UnixListener::Bind(socket_path_);
   if (!listener) return listener.error();
   listener_ = std::move(*listener);
+  if (owner_) {
+    if (::chmod(socket_path_.c_str(), owner_->mode) != 0 ||
+        ::chown(socket_path_.c_str(), owner_->uid, owner_->gid) != 0) {
+      int err = errno;
+      listener_ = UnixListener();
+      return MakeError(err, "cannot set owner " + std::to_string(owner_->uid) + ":" +
+                                std::to_string(owner_->gid) + " and mode of " + socket_path_ +
+                                ": " + std::strerror(err));
+    }
+  }
   Status s = reactor_->Add(listener_.fd(), EPOLLIN, [this](uint32_t) { OnAccept(); });
   if (!s.ok()) {
     listener_ = UnixListener();

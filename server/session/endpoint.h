@@ -6,7 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <sys/types.h>
+
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "server/common/log.h"
@@ -31,6 +34,12 @@ class DeviceEndpoint {
   DeviceEndpoint(const DeviceEndpoint&) = delete;
   DeviceEndpoint& operator=(const DeviceEndpoint&) = delete;
 
+  // Who may connect: after binding, the socket file gets this owner and mode (KubeVirt's
+  // virt-launcher runs QEMU as uid/gid 107). Without it the socket keeps the process's umask.
+  void SetSocketOwner(uid_t uid, gid_t gid, mode_t mode) {
+    owner_ = SocketOwner{uid, gid, mode};
+  }
+
   // Binds the socket and starts accepting (call on the reactor thread, or before Run()).
   Status Start();
   // Stops accepting, ends the session, removes the socket file.
@@ -48,8 +57,15 @@ class DeviceEndpoint {
   void UpdateSessionInterest();
   void EndSession();
 
+  struct SocketOwner {
+    uid_t uid;
+    gid_t gid;
+    mode_t mode;
+  };
+
   std::string id_;
   std::string socket_path_;
+  std::optional<SocketOwner> owner_;
   VfioDevice* device_;
   Reactor* reactor_;
   SessionOptions options_;

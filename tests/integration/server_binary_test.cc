@@ -134,3 +134,84 @@ TEST(CtlBinary, InfoOnAMissingSocketFailsWithTheReason) {
 
 }  // namespace
 }  // namespace vfu::testing
+
+namespace vfu::testing {
+namespace {
+
+std::string WriteFile(const TempDir& dir, const std::string& name, const std::string& text) {
+  std::string path = dir.File(name);
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fputs(text.c_str(), f);
+  std::fclose(f);
+  return path;
+}
+
+TEST(ServerConfigFile, ServesEveryDeviceOnItsOwnDirectoryWithTheConfiguredOwner) {
+  TempDir dir;
+  std::string root = dir.File("sockets");
+  std::string cfg = WriteFile(dir, "server.yaml", R"(apiVersion: vfio-user.io/v1alpha1
+kind: ServerConfig
+settings:
+  socketRoot: )" + root + R"(
+  pollThreads: 2
+  socketOwner: {uid: 107, gid: 107, mode: "0660"}
+devices:
+  - id: disk0
+    class: virtio-blk
+    backend: {type: ram, size: 8Mi}
+    pollThread: 1
+  - id: probe
+    class: sample
+)");
+  Subprocess server(VFU_SERVER_BINARY, {"--config", cfg});
+  ASSERT_TRUE(server.Start());
+  ASSERT_TRUE(server.WaitForOutput("vfio-user-server ready", std::chrono::seconds(10)))
+      << server.Output();
+  EXPECT_NE(server.Output().find("poll_threads=2"), std::string::npos) << server.Output();
+  for (const char* id : {"disk0", "probe"}) {
+    std::string sock = root + "/" + id + "/vfio-user.sock";
+    struct stat st {};
+    ASSERT_EQ(::stat(sock.c_str(), &st), 0) << sock;
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    EXPECT_EQ(st.st_mode & 0777, 0660u);
+    EXPECT_EQ(st.st_uid, 107u);
+    EXPECT_EQ(st.st_gid, 107u);
+    struct stat dst {};
+    ASSERT_EQ(::stat((root + "/" + id).c_str(), &dst), 0);
+    EXPECT_EQ(dst.st_mode & 0777, 0750u);
+    auto c = client::Client::Connect(sock);
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    EXPECT_TRUE((*c)->GetDeviceInfo().ok());
+  }
+  server.Signal(SIGTERM);
+  auto code = server.Wait(std::chrono::seconds(10));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0) << server.Output();
+  EXPECT_FALSE(std::filesystem::exists(root + "/disk0/vfio-user.sock"));
+}
+
+TEST(ServerConfigFile, AnErrorNamesFileAndLineAndNothingStarts) {
+  TempDir dir;
+  std::string root = dir.File("sockets");
+  std::string cfg =
+      WriteFile(dir, "bad.yaml",
+                "apiVersion: vfio-user.io/v1alpha1\nsettings:\n  socketRoot: " + root +
+                    "\ndevices:\n  - id: a\n    class: sample\n  - id: b\n    class: virtio-blk\n  "
+                    "  backend: {type: ram, size: 1Mi}\n    queues: 0\n");
+  auto [code, out] = RunToCompletion(VFU_SERVER_BINARY, {"--config", cfg});
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find(cfg + ":10: queues must be between 1 and 64"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(root));
+}
+
+TEST(ServerConfigFile, ConfigAndDeviceTogetherAreRefused) {
+  TempDir dir;
+  auto [code, out] = RunToCompletion(
+      VFU_SERVER_BINARY,
+      {"--config", dir.File("x.yaml"), "--device", "sample,id=a,socket=" + dir.File("a.sock")});
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("either --config or --device"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace vfu::testing
