@@ -91,15 +91,29 @@ Result<uint16_t> Client::Send(uint16_t command, std::span<const uint8_t> payload
   VFU_RETURN_IF_ERROR(stream_.Send(buf_, fds));
   // The socket is blocking, so a queued remainder means a short write: finish it now.
   while (stream_.HasPendingOutput()) VFU_RETURN_IF_ERROR(stream_.Flush());
+  if (!(flags & wire::kFlagNoReply)) ++outstanding_;
   return id;
 }
 
-Result<RawReply> Client::Receive() {
-  InboundMessage msg;
-  auto st = stream_.Read(&msg);
-  if (!st) return st.error();
-  if (*st == ReadStatus::kWouldBlock) return MakeError(ETIMEDOUT, "timed out waiting for a reply");
+Result<RawReply> Client::Receive() { return ReceiveExpecting(0); }
+
+Result<RawReply> Client::ReceiveExpecting(size_t expected_reply_size) {
+  // inbound_ persists across calls: after a timeout in the middle of a reply, the stream's
+  // partial state refers to its buffer and the next call finishes that reply.
+  InboundMessage& msg = inbound_;
+  // One recvmsg for the whole reply only when nothing but that reply can be in flight.
+  bool single = expected_reply_size > 0 && outstanding_ == 1 && in_step_;
+  auto st = single ? stream_.ReadExpected(&msg, expected_reply_size) : stream_.Read(&msg);
+  if (!st) {
+    in_step_ = false;
+    return st.error();
+  }
+  if (*st == ReadStatus::kWouldBlock) {
+    in_step_ = false;  // the late reply may still arrive
+    return MakeError(ETIMEDOUT, "timed out waiting for a reply");
+  }
   if (*st == ReadStatus::kClosed) return MakeError(ECONNRESET, "server closed the connection");
+  if (outstanding_ > 0) --outstanding_;
   RawReply r;
   r.header = msg.header;
   r.payload = std::move(msg.payload);
@@ -109,9 +123,15 @@ Result<RawReply> Client::Receive() {
 
 Result<RawReply> Client::Call(uint16_t command, std::span<const uint8_t> payload,
                               std::span<const int> fds, uint32_t flags) {
+  return CallExpecting(0, command, payload, fds, flags);
+}
+
+Result<RawReply> Client::CallExpecting(size_t expected_reply_size, uint16_t command,
+                                       std::span<const uint8_t> payload, std::span<const int> fds,
+                                       uint32_t flags) {
   auto id = Send(command, payload, fds, flags);
   if (!id) return id.error();
-  auto reply = Receive();
+  auto reply = ReceiveExpecting(expected_reply_size);
   if (!reply) return reply.error();
   if (reply->header.msg_id != *id || reply->header.command != command) {
     return MakeError(EPROTO, "reply " + Num(reply->header.msg_id) + "/" +
@@ -190,7 +210,8 @@ Status Client::RegionRead(uint32_t region, uint64_t offset, std::span<uint8_t> o
   while (done < out.size()) {
     uint32_t chunk = static_cast<uint32_t>(std::min<size_t>(out.size() - done, max_xfer_));
     wire::RegionAccess req{offset + done, region, chunk};
-    auto reply = Call(cmd, AsBytes(req));
+    auto reply =
+        CallExpecting(sizeof(wire::Header) + sizeof(wire::RegionAccess) + chunk, cmd, AsBytes(req));
     if (!reply) return reply.error();
     VFU_RETURN_IF_ERROR(CheckReply(*reply, cmd));
     if (reply->payload.size() != sizeof(wire::RegionAccess) + chunk) {
@@ -212,7 +233,7 @@ Status Client::RegionWrite(uint32_t region, uint64_t offset, std::span<const uin
     proto::Append(payload, wire::RegionAccess{offset + done, region, chunk});
     payload.insert(payload.end(), data.begin() + static_cast<ptrdiff_t>(done),
                    data.begin() + static_cast<ptrdiff_t>(done + chunk));
-    auto reply = Call(cmd, payload);
+    auto reply = CallExpecting(sizeof(wire::Header) + sizeof(wire::RegionAccess), cmd, payload);
     if (!reply) return reply.error();
     VFU_RETURN_IF_ERROR(CheckReply(*reply, cmd));
     done += chunk;

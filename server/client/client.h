@@ -116,6 +116,12 @@ class Client {
   Client(UnixConnection connection, ClientOptions options);
   Status Negotiate();
   Status CheckReply(const RawReply& reply, uint16_t command) const;
+  // Call / Receive for a reply whose full size is known (0: unknown). With exactly one request
+  // outstanding the reply is then read with a single recvmsg (MessageStream::ReadExpected).
+  Result<RawReply> CallExpecting(size_t expected_reply_size, uint16_t command,
+                                 std::span<const uint8_t> payload, std::span<const int> fds = {},
+                                 uint32_t flags = 0);
+  Result<RawReply> ReceiveExpecting(size_t expected_reply_size);
 
   MessageStream stream_;
   ClientOptions options_;
@@ -124,6 +130,9 @@ class Client {
   uint32_t max_xfer_ = proto::kMaxDataXferSize;
   uint32_t max_fds_ = 1;
   std::vector<uint8_t> buf_;
+  InboundMessage inbound_;    // the reply being read (partial after a timeout mid-message)
+  uint32_t outstanding_ = 0;  // requests sent (without NO_REPLY) whose replies are unread
+  bool in_step_ = true;       // false after a timeout or a framing surprise: exact reads only
 };
 
 }  // namespace vfu::client

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 
 #include <cstring>
+#include <string>
 
 namespace vfu {
 
@@ -49,6 +50,40 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
       return ReadStatus::kMessage;
     }
   }
+}
+
+Result<ReadStatus> MessageStream::ReadExpected(InboundMessage* msg, size_t expected_size) {
+  if (header_have_ != 0 || in_payload_ || expected_size <= sizeof(header_buf_)) return Read(msg);
+  msg->Clear();
+  msg->payload.resize(expected_size - sizeof(header_buf_));
+  iovec iov[2] = {{header_buf_, sizeof(header_buf_)}, {msg->payload.data(), msg->payload.size()}};
+  auto got = connection_.Receive(iov, &msg->fds);
+  if (!got) {
+    if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
+    return got.error();
+  }
+  if (got->fds_truncated) msg->fds_truncated = true;
+  if (got->bytes == 0) return ReadStatus::kClosed;
+  if (got->bytes < sizeof(header_buf_)) {  // a short read: the rest, the exact way
+    header_have_ = got->bytes;
+    return Read(msg);
+  }
+  std::memcpy(&msg->header, header_buf_, sizeof(header_buf_));
+  last_header_ = msg->header;
+  auto header = proto::DecodeHeader({header_buf_, sizeof(header_buf_)}, max_message_size_);
+  if (!header) return header.error();
+  if (got->bytes > header->msg_size) {
+    return MakeError(EPROTO, "received " + std::to_string(got->bytes) + " bytes where one " +
+                                 std::to_string(header->msg_size) +
+                                 "-byte message was expected: more than one message in flight");
+  }
+  msg->payload.resize(header->msg_size - sizeof(header_buf_));
+  if (got->bytes == header->msg_size) return ReadStatus::kMessage;
+  // Part of the payload is still to come.
+  header_have_ = sizeof(header_buf_);
+  in_payload_ = true;
+  payload_have_ = got->bytes - sizeof(header_buf_);
+  return Read(msg);
 }
 
 Status MessageStream::Send(std::span<const uint8_t> bytes, std::span<const int> fds) {

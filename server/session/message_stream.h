@@ -46,6 +46,13 @@ class MessageStream {
   // stream is out of step (bad msg_size, socket error) and must be closed; the header of the
   // offending message, when it was read, is in last_header().
   Result<ReadStatus> Read(InboundMessage* msg);
+  // For a blocking client that knows exactly one message (the reply to its only outstanding
+  // request) can be in flight: reads it with one recvmsg of at most `expected_size` bytes
+  // (header and payload together) instead of the header first, and finishes with Read() when
+  // the message is longer. A read never crosses the end of the message it starts with, so fds
+  // stay attributed to that message; if the socket holds more than that one message (bytes
+  // beyond msg_size arrived), the stream is out of step: EPROTO, and it must be closed.
+  Result<ReadStatus> ReadExpected(InboundMessage* msg, size_t expected_size);
   bool mid_message() const { return header_have_ > 0; }
   const std::optional<wire::Header>& last_header() const { return last_header_; }
 

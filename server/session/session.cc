@@ -81,11 +81,6 @@ Session::State Session::OnReadable() {
     }
     Handle(inbound_);
     if (closed_) return State::kClosed;
-    // A client waiting for this reply has sent nothing more yet (unless it pipelines): go back
-    // to epoll, which is level-triggered and reports any further bytes, instead of paying for
-    // a recvmsg that would almost always say EAGAIN. Posted (NO_REPLY) writes come in bursts,
-    // so keep reading after those.
-    if (!(inbound_.header.flags & wire::kFlagNoReply)) break;
   }
   return State::kOpen;
 }

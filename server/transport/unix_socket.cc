@@ -52,11 +52,16 @@ Result<std::pair<UnixConnection, UnixConnection>> UnixConnection::Pair() {
 
 Result<UnixConnection::Received> UnixConnection::Receive(std::span<uint8_t> buf,
                                                          std::vector<UniqueFd>* fds) {
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxReceiveFds)];
   iovec iov{buf.data(), buf.size()};
+  return Receive(std::span<const iovec>(&iov, 1), fds);
+}
+
+Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> iov,
+                                                         std::vector<UniqueFd>* fds) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxReceiveFds)];
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = const_cast<iovec*>(iov.data());
+  msg.msg_iovlen = iov.size();
   msg.msg_control = control;
   msg.msg_controllen = sizeof(control);
   ssize_t n;

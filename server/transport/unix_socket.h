@@ -42,6 +42,8 @@ class UnixConnection {
   // the bytes still count, the fds that did arrive are closed, and fds_truncated is set: the
   // caller rejects the message but the byte stream stays in step.
   Result<Received> Receive(std::span<uint8_t> buf, std::vector<UniqueFd>* fds);
+  // The same into several buffers (one recvmsg).
+  Result<Received> Receive(std::span<const iovec> iov, std::vector<UniqueFd>* fds);
 
   // Sends the iovecs in one sendmsg; `fds` ride with the first byte. Returns the bytes written
   // (possibly fewer than asked); EAGAIN as an error when the socket buffer is full.

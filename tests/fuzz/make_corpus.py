@@ -6,6 +6,8 @@ bit 1 = attach a memfd, bit 2 = attach an eventfd, bit 3 = chunked delivery (the
 chunk-size byte), bit 4 = EOF at the end, bit 5 = read budget 1, bit 6 = enable bus mastering, bit 7 = slow reader)
 followed by the raw client byte stream (vfio-user messages, host = little endian).
 
+Seeds for client_reply_fuzzer go to client_corpus/ next to the output directory.
+
 Usage: tests/fuzz/make_corpus.py [output-dir]
 """
 import os
@@ -90,6 +92,41 @@ SEEDS = {
 }
 
 
+# client_reply_fuzzer: one plan byte (which client calls run; with bit 7 the next byte times 4 is
+# the offset where a memfd rides along), then the server's byte stream after its VERSION reply
+# (client msg_ids start at 2).
+REPLY, ERROR = 0x1, 0x20
+
+
+def reply(msg_id, command, payload=b"", error=0):
+    flags = REPLY | (ERROR if error else 0)
+    return struct.pack("<HHIII", msg_id, command, 16 + len(payload), flags, error) + payload
+
+
+def region_info(index, argsz, flags, size, caps=b"", cap_offset=0):
+    return struct.pack("<IIIIQQ", argsz, flags, index, cap_offset, size, 0) + caps
+
+
+SPARSE = struct.pack("<HHIII", 1, 1, 0, 1, 0) + struct.pack("<QQ", 0, 4096)
+
+CLIENT_SEEDS = {
+    # Six REGION_READs of MAGIC answered one by one.
+    "region_read_replies": bytes([0x00]) + b"".join(
+        reply(i, REGION_READ, region_access(0, 0, 4, struct.pack("<I", 0x56465553)))
+        for i in range(2, 8)),
+    # An error reply, then a reply with too much data, then one split from the next.
+    "region_read_odd": bytes([0x00]) + reply(2, REGION_READ, error=22) +
+        reply(3, REGION_READ, region_access(0, 0, 8, bytes(8))) +
+        reply(4, REGION_READ, region_access(0, 0, 4, bytes(4))),
+    # REGION_INFO of BAR2: truncated (argsz 64), then the full reply with the sparse-mmap cap and
+    # the memfd attached (plan bit 7; low bits 3: the first call is GetRegionInfo(2)).
+    # The next byte (12) puts the memfd on byte 48: the start of the second reply.
+    "region_info_sparse_fd": bytes([0x83, 12]) +
+        reply(2, REGION_INFO, region_info(2, 64, 3, 4096)) +
+        reply(3, REGION_INFO, region_info(2, 64, 0xf, 4096, SPARSE, 32)),
+}
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus")
     os.makedirs(out, exist_ok=True)
@@ -97,6 +134,12 @@ def main():
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)
     print(f"wrote {len(SEEDS)} seeds to {out}")
+    client_out = os.path.join(os.path.dirname(out.rstrip("/")) or ".", "client_corpus")
+    os.makedirs(client_out, exist_ok=True)
+    for name, data in CLIENT_SEEDS.items():
+        with open(os.path.join(client_out, name), "wb") as f:
+            f.write(data)
+    print(f"wrote {len(CLIENT_SEEDS)} seeds to {client_out}")
 
 
 if __name__ == "__main__":

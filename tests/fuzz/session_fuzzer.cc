@@ -312,7 +312,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (mode & kModeChunked) {
       for (size_t off = 0; off < stream.size() && !h.closed(); off += chunk) {
         size_t n = std::min(chunk, stream.size() - off);
-        h.Send(stream.subspan(off, n), off == 0 ? std::span<const int>(fds) : std::span<const int>());
+        h.Send(stream.subspan(off, n),
+               off == 0 ? std::span<const int>(fds) : std::span<const int>());
         h.RunServer();
       }
     } else if (!stream.empty()) {
@@ -328,8 +329,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   size_t now = OpenFdCount();
   if (now != fds_before) {
-    std::fprintf(stderr, "fd leak: %zu open fds after the input, %zu before\n", now,
-                 fds_before);
+    std::fprintf(stderr, "fd leak: %zu open fds after the input, %zu before\n", now, fds_before);
     DumpFds();
     std::abort();
   }

@@ -38,15 +38,15 @@ namespace vfu::testing {
 namespace {
 
 using namespace std::chrono_literals;
-using devices::SampleDevice;
 using client::Client;
 using client::ClientOptions;
 using client::DmaBuffer;
+using devices::SampleDevice;
 
-constexpr auto kWait = 5s;                   // posted work, thread shutdown, state changes
-constexpr auto kClientTimeout = 2000ms;      // every synchronous client call
-constexpr int kIrqPollMs = 2000;             // waiting for an interrupt that must come
-constexpr int kNoIrqPollMs = 200;            // waiting for an interrupt that must not come
+constexpr auto kWait = 5s;               // posted work, thread shutdown, state changes
+constexpr auto kClientTimeout = 2000ms;  // every synchronous client call
+constexpr int kIrqPollMs = 2000;         // waiting for an interrupt that must come
+constexpr int kNoIrqPollMs = 200;        // waiting for an interrupt that must not come
 
 constexpr uint32_t kBar0 = wire::kPciBar0RegionIndex;
 constexpr uint32_t kBar2 = 2;
@@ -65,8 +65,8 @@ class ClientEndToEndTest : public ::testing::Test {
     ASSERT_TRUE(dev.ok()) << dev.error().message;
     device_ = std::move(*dev);
     reactor_ = std::make_unique<Reactor>();
-    endpoint_ = std::make_unique<DeviceEndpoint>("sample0", socket_path_, device_.get(),
-                                                 reactor_.get());
+    endpoint_ =
+        std::make_unique<DeviceEndpoint>("sample0", socket_path_, device_.get(), reactor_.get());
     // Start() binds and registers with the reactor: allowed before Run().
     Status s = endpoint_->Start();
     ASSERT_TRUE(s.ok()) << s.message();
@@ -75,12 +75,12 @@ class ClientEndToEndTest : public ::testing::Test {
     auto started_future = started.get_future();
     std::promise<void> finished;
     finished_ = finished.get_future();
-    thread_ = std::thread([this, started = std::move(started),
-                           finished = std::move(finished)]() mutable {
-      started.set_value();
-      reactor_->Run();
-      finished.set_value();
-    });
+    thread_ =
+        std::thread([this, started = std::move(started), finished = std::move(finished)]() mutable {
+          started.set_value();
+          reactor_->Run();
+          finished.set_value();
+        });
     ASSERT_EQ(started_future.wait_for(kWait), std::future_status::ready);
   }
 
@@ -125,8 +125,10 @@ class ClientEndToEndTest : public ::testing::Test {
     });
     if (future.wait_for(kWait) != std::future_status::ready) {
       ADD_FAILURE() << "posted task did not run within " << kWait.count() << " s";
-      if constexpr (!std::is_void_v<R>) return R{};
-      else return;
+      if constexpr (!std::is_void_v<R>)
+        return R{};
+      else
+        return;
     }
     return future.get();
   }
@@ -164,8 +166,8 @@ class ClientEndToEndTest : public ::testing::Test {
     EXPECT_TRUE(s.ok()) << "write of BAR0+" << reg << ": " << s.message();
   }
   static void EnableBusMaster(Client& c) {
-    Status s = c.Write<uint16_t>(kConfig, pci::kCommand,
-                                 pci::kCommandMemory | pci::kCommandBusMaster);
+    Status s =
+        c.Write<uint16_t>(kConfig, pci::kCommand, pci::kCommandMemory | pci::kCommandBusMaster);
     ASSERT_TRUE(s.ok()) << s.message();
     auto cmd = c.Read<uint16_t>(kConfig, pci::kCommand);
     ASSERT_TRUE(cmd.ok());
@@ -286,8 +288,7 @@ TEST_F(ClientEndToEndTest, IrqInfo) {
   ASSERT_TRUE(intx.ok()) << intx.error().message;
   EXPECT_EQ(intx->index, wire::kPciIntxIrqIndex);
   EXPECT_EQ(intx->count, 1u);
-  EXPECT_EQ(intx->flags,
-            wire::kIrqInfoEventfd | wire::kIrqInfoMaskable | wire::kIrqInfoAutomasked);
+  EXPECT_EQ(intx->flags, wire::kIrqInfoEventfd | wire::kIrqInfoMaskable | wire::kIrqInfoAutomasked);
   auto msix = c->GetIrqInfo(wire::kPciMsixIrqIndex);
   ASSERT_TRUE(msix.ok());
   EXPECT_EQ(msix->count, 0u);
@@ -337,8 +338,9 @@ TEST_F(ClientEndToEndTest, ConfigSpaceReadWrite) {
   EXPECT_EQ(cfg[pci::kInterruptPin], 1u);  // INTA#
 
   // Command register: writable bits stick.
-  ASSERT_TRUE(c->Write<uint16_t>(kConfig, pci::kCommand,
-                                 pci::kCommandMemory | pci::kCommandBusMaster).ok());
+  ASSERT_TRUE(
+      c->Write<uint16_t>(kConfig, pci::kCommand, pci::kCommandMemory | pci::kCommandBusMaster)
+          .ok());
   auto cmd = c->Read<uint16_t>(kConfig, pci::kCommand);
   ASSERT_TRUE(cmd.ok());
   EXPECT_EQ(*cmd, pci::kCommandMemory | pci::kCommandBusMaster);
@@ -463,9 +465,8 @@ TEST_F(ClientEndToEndTest, IntxThroughEventfdWithMasking) {
   int fds[1] = {efd.get()};
   Status s = c->SetIrqEventfds(wire::kPciIntxIrqIndex, 0, fds);
   ASSERT_TRUE(s.ok()) << s.message();
-  EXPECT_TRUE(OnReactor([this] {
-    return endpoint_->session()->irqs().HasEventfd(wire::kPciIntxIrqIndex, 0);
-  }));
+  EXPECT_TRUE(OnReactor(
+      [this] { return endpoint_->session()->irqs().HasEventfd(wire::kPciIntxIrqIndex, 0); }));
 
   // Assert INTx: the eventfd fires once; the status register's interrupt bit follows the line.
   WriteReg(*c, SampleDevice::kRegIrq, 1);
@@ -483,9 +484,8 @@ TEST_F(ClientEndToEndTest, IntxThroughEventfdWithMasking) {
   ASSERT_TRUE(c->MaskIrq(wire::kPciIntxIrqIndex, 0, true).ok());
   WriteReg(*c, SampleDevice::kRegIrq, 1);
   EXPECT_EQ(WaitEventfd(efd.get(), kNoIrqPollMs), 0u);
-  EXPECT_TRUE(OnReactor([this] {
-    return endpoint_->session()->irqs().Pending(wire::kPciIntxIrqIndex, 0);
-  }));
+  EXPECT_TRUE(OnReactor(
+      [this] { return endpoint_->session()->irqs().Pending(wire::kPciIntxIrqIndex, 0); }));
   // ...until the client unmasks it.
   ASSERT_TRUE(c->MaskIrq(wire::kPciIntxIrqIndex, 0, false).ok());
   EXPECT_EQ(WaitEventfd(efd.get(), kIrqPollMs), 1u);
@@ -496,9 +496,8 @@ TEST_F(ClientEndToEndTest, IntxThroughEventfdWithMasking) {
   ASSERT_TRUE(c->MaskIrq(wire::kPciIntxIrqIndex, 0, false).ok());
   WriteReg(*c, SampleDevice::kRegIrq, 1);
   EXPECT_EQ(WaitEventfd(efd.get(), kNoIrqPollMs), 0u);
-  EXPECT_FALSE(OnReactor([this] {
-    return endpoint_->session()->irqs().HasEventfd(wire::kPciIntxIrqIndex, 0);
-  }));
+  EXPECT_FALSE(OnReactor(
+      [this] { return endpoint_->session()->irqs().HasEventfd(wire::kPciIntxIrqIndex, 0); }));
 }
 
 // --- Posted writes, reset -------------------------------------------------------------------
@@ -517,7 +516,8 @@ TEST_F(ClientEndToEndTest, PostedWriteIsSeenByTheNextRead) {
   // its own.
   uint16_t bad = 1;
   ASSERT_TRUE(c->RegionWritePosted(kBar0, SampleDevice::kRegScratch,
-                                   {reinterpret_cast<const uint8_t*>(&bad), sizeof(bad)}).ok());
+                                   {reinterpret_cast<const uint8_t*>(&bad), sizeof(bad)})
+                  .ok());
   EXPECT_EQ(ReadReg(*c, SampleDevice::kRegScratch), 0x1000u + 64);
   EXPECT_EQ(ReadReg(*c, SampleDevice::kRegMagic), SampleDevice::kMagic);
   auto errors = OnReactor([this] { return endpoint_->session()->stats().errors; });
