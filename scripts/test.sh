@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${FUZZ_SECONDS:-45}
 export CTEST_OUTPUT_ON_FAILURE=1
 
 step() { printf '\n=== %s ===\n' "$*"; }
@@ -23,11 +23,14 @@ step "build (ASAN + UBSAN)"
 step "tests under ASAN + UBSAN"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -j 2 --timeout 600
 
-step "fuzzing the session for ${FUZZ_SECONDS}s"
+step "fuzzing the session and the client (${FUZZ_SECONDS}s each)"
 ./scripts/build.sh fuzz
-mkdir -p build-fuzz/corpus
+mkdir -p build-fuzz/corpus build-fuzz/client_corpus
+# New inputs go to build-fuzz/ (ignored); the committed seeds are read-only inputs.
 ./build-fuzz/tests/session_fuzzer -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
-  -print_final_stats=1 build-fuzz/corpus tests/fuzz/corpus 2>&1 | tail -n 12
+  -print_final_stats=1 build-fuzz/corpus tests/fuzz/corpus 2>&1 | tail -n 8
+./build-fuzz/tests/client_reply_fuzzer -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 \
+  -print_final_stats=1 build-fuzz/client_corpus tests/fuzz/client_corpus 2>&1 | tail -n 8
 
 step "end-to-end: real QEMU 11.1 guests against vfio-user-server"
 tests/e2e/run-scenarios.sh --server build/server/vfio-user-server
