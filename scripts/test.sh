@@ -35,7 +35,8 @@ mkdir -p build-fuzz/corpus build-fuzz/client_corpus
 step "end-to-end: real QEMU 11.1 guests against vfio-user-server"
 tests/e2e/run-scenarios.sh --server build/server/vfio-user-server
 
-step "format check"
+step "format and lint checks"
 ./scripts/check-format.sh
+./scripts/check-tidy.sh
 
 step "all tests passed"

@@ -77,7 +77,9 @@ int Info(const std::string& socket) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+
+int Main(int argc, char** argv) {
   CLI::App app{"vfio-user-ctl: inspect vfio-user devices"};
   app.require_subcommand(1);
   bool show_version = false;
@@ -92,4 +94,15 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (info->parsed()) return Info(socket);
   return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fatal: %s\n", e.what());
+    return 1;
+  }
 }

@@ -60,7 +60,9 @@ struct Planned {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+
+int Main(int argc, char** argv) {
   CLI::App app{"vfio-user-server: serves emulated PCI devices to VMs over vfio-user"};
   std::string config_path;
   std::vector<std::string> device_texts;
@@ -207,4 +209,15 @@ int main(int argc, char** argv) {
   devices_owned.clear();
   Log::Write(LogLevel::kInfo, "stopped");
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fatal: %s\n", e.what());
+    return 1;
+  }
 }

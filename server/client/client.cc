@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <utility>
 
 namespace vfu::client {
 namespace {
@@ -43,19 +44,19 @@ Result<DmaBuffer> DmaBuffer::Create(size_t size, const char* name) {
 }
 
 Client::Client(UnixConnection connection, ClientOptions options)
-    : stream_(std::move(connection)), options_(options) {}
+    : stream_(std::move(connection)), options_(std::move(options)) {}
 
 Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path,
                                                 ClientOptions options) {
   auto conn = UnixConnection::Connect(socket_path);
   if (!conn) return conn.error();
-  return Attach(std::move(*conn), options);
+  return Attach(std::move(*conn), std::move(options));
 }
 
 Result<std::unique_ptr<Client>> Client::Attach(UnixConnection connection, ClientOptions options) {
   VFU_RETURN_IF_ERROR(connection.SetNonBlocking(false));
   VFU_RETURN_IF_ERROR(connection.SetReceiveTimeout(options.timeout));
-  std::unique_ptr<Client> c(new Client(std::move(connection), options));
+  std::unique_ptr<Client> c(new Client(std::move(connection), std::move(options)));
   VFU_RETURN_IF_ERROR(c->Negotiate());
   return c;
 }
@@ -116,8 +117,8 @@ Result<RawReply> Client::ReceiveExpecting(size_t expected_reply_size) {
   if (outstanding_ > 0) --outstanding_;
   RawReply r;
   r.header = msg.header;
-  r.payload = std::move(msg.payload);
-  r.fds = std::move(msg.fds);
+  r.payload = std::exchange(msg.payload, {});
+  r.fds = std::exchange(msg.fds, {});
   return r;
 }
 

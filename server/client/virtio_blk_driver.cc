@@ -56,10 +56,13 @@ VirtioBlkDriver::VirtioBlkDriver(Client* client, VirtioBlkDriverOptions options)
     : client_(client), options_(options), queue_size_(options.queue_size) {}
 
 VirtioBlkDriver::~VirtioBlkDriver() {
-  if (mapped_) {
+  if (!mapped_) return;
+  try {
     (void)ResetDevice();
     (void)client_->DisableIrqs(wire::kPciMsixIrqIndex);
     (void)client_->DmaUnmap(options_.iova_base, memory_.size());
+  } catch (...) {
+    // Best effort: the connection may be gone; nothing else to release here.
   }
 }
 

@@ -32,7 +32,10 @@ class Checker {
       std::string key = kv.first.as<std::string>();
       if (!allowed.count(key)) {
         std::string list;
-        for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+        for (const auto& a : allowed) {
+          if (!list.empty()) list += ", ";
+          list += a;
+        }
         return At(kv.first, "unknown field '" + key + "' in " + where + " (known: " + list + ")");
       }
     }

@@ -49,7 +49,7 @@ void SliceSegments(const std::vector<iovec>& segs, uint64_t skip, uint64_t len,
 }  // namespace
 
 VirtioBlkDevice::VirtioBlkDevice(std::unique_ptr<block::Backend> backend, VirtioBlkOptions options)
-    : backend_(std::move(backend)), options_(options) {
+    : backend_(std::move(backend)), options_(std::move(options)) {
   if (backend_->read_only()) options_.read_only = true;
   config_.capacity = backend_->size() / kSectorSize;
   config_.seg_max = options_.seg_max;

@@ -5,8 +5,8 @@
 // its state. Everything runs on the reactor thread the endpoint was started on.
 #pragma once
 
-#include <cstdint>
 #include <sys/types.h>
+#include <cstdint>
 
 #include <memory>
 #include <optional>
@@ -36,9 +36,7 @@ class DeviceEndpoint {
 
   // Who may connect: after binding, the socket file gets this owner and mode (KubeVirt's
   // virt-launcher runs QEMU as uid/gid 107). Without it the socket keeps the process's umask.
-  void SetSocketOwner(uid_t uid, gid_t gid, mode_t mode) {
-    owner_ = SocketOwner{uid, gid, mode};
-  }
+  void SetSocketOwner(uid_t uid, gid_t gid, mode_t mode) { owner_ = SocketOwner{uid, gid, mode}; }
 
   // Binds the socket and starts accepting (call on the reactor thread, or before Run()).
   Status Start();

@@ -9,7 +9,7 @@
 
 namespace vfu {
 
-IrqTable::IrqTable(std::vector<IrqDescription> indexes) {
+IrqTable::IrqTable(const std::vector<IrqDescription>& indexes) {
   for (const IrqDescription& d : indexes) {
     Index idx;
     idx.desc = d;

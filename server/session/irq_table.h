@@ -19,7 +19,7 @@ namespace vfu {
 class IrqTable {
  public:
   // One entry per IRQ index, with the device's count and flags.
-  explicit IrqTable(std::vector<IrqDescription> indexes);
+  explicit IrqTable(const std::vector<IrqDescription>& indexes);
 
   // A change of mask state that the device should hear about.
   struct MaskChange {

@@ -38,7 +38,8 @@ enum class ReadStatus { kMessage, kWouldBlock, kClosed };
 class MessageStream {
  public:
   MessageStream() = default;
-  MessageStream(UnixConnection connection, uint32_t max_message_size = proto::kMaxMessageSize)
+  explicit MessageStream(UnixConnection connection,
+                         uint32_t max_message_size = proto::kMaxMessageSize)
       : connection_(std::move(connection)), max_message_size_(max_message_size) {}
 
   // Advances reading. kMessage: *msg holds one complete message. kClosed: the peer closed the
