@@ -178,6 +178,11 @@ class FileBackendBase : public Backend {
         size_(size),
         options_(options),
         event_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+  // A server that stops (SIGTERM, device removed) leaves every completed write on disk, even
+  // those the guest never flushed.
+  ~FileBackendBase() override {
+    if (!options_.read_only) (void)::fdatasync(fd_.get());
+  }
 
   uint64_t size() const override { return size_; }
   bool read_only() const override { return options_.read_only; }
