@@ -16,6 +16,9 @@
 #
 # /init mounts proc, sysfs and devtmpfs, loads the modules, runs `sh /test.sh`, prints
 # "E2E-RESULT: PASS" (exit 0) or "E2E-RESULT: FAIL <reason>" and powers off (poweroff -f).
+# With E2E_WATCHDOG=SECONDS on the kernel command line, a background watchdog prints the
+# processes and kernel messages, "E2E-RESULT: FAIL watchdog ..." and powers off when there is
+# no result after SECONDS of uptime (a hung module probe or I/O then fails fast and visibly).
 # Requires tests/e2e/prepare-root.sh to have run.
 set -euo pipefail
 
@@ -178,6 +181,24 @@ mkdir -p /dev/pts /dev/shm /tmp /run
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 echo "E2E: init started at $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r)"
+if [ -n "${E2E_WATCHDOG:-}" ]; then
+    # E2E_WATCHDOG=SECONDS (kernel command line): fail with what hung (processes in state D,
+    # kernel messages) if there is no result after SECONDS of uptime. No sync: I/O may hang.
+    (
+        while [ "$(cut -d. -f1 /proc/uptime)" -lt "$E2E_WATCHDOG" ]; do sleep 1; done
+        echo "E2E: watchdog: no result after $E2E_WATCHDOG s of uptime; processes:"
+        ps -o pid,stat,args | grep -v -e ' \[' -e 'ps -o' -e 'grep -v'
+        echo "E2E: last kernel messages:"
+        dmesg | tail -n 20
+        echo "E2E-RESULT: FAIL watchdog: no result after $E2E_WATCHDOG s (hung I/O or module load?)"
+        # A power-off waits for device locks that a hung probe holds: if it has not happened
+        # after 3 s, reboot at once (sysrq b: no sync, no device shutdown). QEMU ends on
+        # that too (-no-reboot; run-guest.sh --max-boots with --allow-reboot).
+        poweroff -f -n &
+        sleep 3
+        echo b >/proc/sysrq-trigger
+    ) &
+fi
 result=""
 modfail=""
 while read -r name path want; do

@@ -233,14 +233,14 @@ if [[ "$RESULT" == "E2E-RESULT: PASS" ]]; then
     exit 0
 fi
 BOOTS=$(grep -a -c 'E2E: init started' "$LOG" || true)
-if [[ $ALLOW_REBOOT -eq 1 ]] && ((BOOTS > MAX_BOOTS)); then
+if [[ -n "$RESULT" ]]; then
+    WHY="guest: ${RESULT#E2E-RESULT: }"
+elif [[ $ALLOW_REBOOT -eq 1 ]] && ((BOOTS > MAX_BOOTS)); then
     WHY="the guest booted $BOOTS times (--max-boots $MAX_BOOTS)"
 elif [[ $RC -eq 124 ]] || [[ $RC -eq 137 && $(( (END_NS - START_NS) / 1000000000 )) -ge $TIMEOUT ]]; then
     WHY="timed out after ${TIMEOUT} s"
 elif ((RC > 128)); then
     WHY="QEMU was killed by signal $((RC - 128))"
-elif [[ -n "$RESULT" ]]; then
-    WHY="guest: ${RESULT#E2E-RESULT: }"
 else
     WHY="QEMU exited with status $RC without a result line"
 fi

@@ -27,10 +27,14 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF2'
-Usage: tests/e2e/run-scenarios.sh [--server BINARY] [--timeout SECONDS] [--list] [SCENARIO...]
+Usage: tests/e2e/run-scenarios.sh [--server BINARY] [--timeout SECONDS] [--keep-logs DIR] [--list]
+                                  [SCENARIO...]
 
 Runs the e2e scenarios (default: all) against vfio-user-server (default: build/server/
-vfio-user-server). --timeout bounds each guest boot (default 60 s; E2E_BOOT_TIMEOUT).
+vfio-user-server). --timeout bounds each guest boot (default 60 s; E2E_BOOT_TIMEOUT); the
+guests fail on their own after 3/4 of it (/init's E2E_WATCHDOG, which shows what hung).
+--keep-logs DIR keeps the serial, run-guest and server logs of every scenario in DIR/<scenario>/
+(e.g. as CI artifacts); failed ones are always kept under .cache/e2e/failed/.
 Scenarios: sample-device blk-basic blk-fs-host-verify blk-reboot blk-two-devices blk-two-vms
 blk-qemu-killed blk-smp2-mq
 EOF2
@@ -43,6 +47,7 @@ SERVER="$E2E_REPO/build/server/vfio-user-server"
 BOOT_TIMEOUT="${E2E_BOOT_TIMEOUT:-60}"
 ALL_SCENARIOS=(sample-device blk-basic blk-fs-host-verify blk-reboot blk-two-devices blk-two-vms
     blk-qemu-killed blk-smp2-mq)
+KEEP_LOGS=""
 SCENARIOS=()
 while (($#)); do
     case "$1" in
@@ -50,6 +55,7 @@ while (($#)); do
         --list) printf '%s\n' "${ALL_SCENARIOS[@]}"; exit 0 ;;
         --server) SERVER="${2:?--server needs a value}"; shift ;;
         --timeout) BOOT_TIMEOUT="${2:?--timeout needs a value}"; shift ;;
+        --keep-logs) KEEP_LOGS="${2:?--keep-logs needs a value}"; shift ;;
         -*) echo "run-scenarios.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
         *) SCENARIOS+=("$1") ;;
     esac
@@ -57,7 +63,10 @@ while (($#)); do
 done
 ((${#SCENARIOS[@]})) || SCENARIOS=("${ALL_SCENARIOS[@]}")
 [[ -x "$SERVER" ]] || { echo "run-scenarios.sh: no server binary at $SERVER (build first)" >&2; exit 2; }
-[[ "$BOOT_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || { echo "run-scenarios.sh: bad --timeout: $BOOT_TIMEOUT" >&2; exit 2; }
+[[ "$BOOT_TIMEOUT" =~ ^[1-9][0-9]*$ && "$BOOT_TIMEOUT" -ge 20 ]] ||
+    { echo "run-scenarios.sh: bad --timeout (at least 20): $BOOT_TIMEOUT" >&2; exit 2; }
+# The guest's own watchdog (/init, E2E_WATCHDOG) fires first and says what hung.
+WATCHDOG=$((BOOT_TIMEOUT * 3 / 4))
 for s in "${SCENARIOS[@]}"; do
     if [[ " ${ALL_SCENARIOS[*]} " != *" $s "* ]]; then
         echo "run-scenarios.sh: unknown scenario $s" >&2
@@ -188,10 +197,30 @@ boot() {
     local initrd=$1 log=$2
     shift 2
     if "$SCRIPT_DIR/run-guest.sh" --quiet --timeout "$BOOT_TIMEOUT" --initrd "$WORK/initrd-$initrd.cpio" \
-        --log "$WORK/$log.serial.log" "$@" >"$WORK/$log.run-guest.log" 2>&1; then
+        --log "$WORK/$log.serial.log" --append "E2E_WATCHDOG=$WATCHDOG" "$@" >"$WORK/$log.run-guest.log" 2>&1; then
         return 0
     fi
     sed 's/^/    /' "$WORK/$log.run-guest.log" >&2
+    return 1
+}
+
+# boot_bg INITRD_NAME LOG_NAME [run-guest options]: like boot, in the background; the pid of
+# run-guest.sh (which kills its QEMU on TERM) is added to BG_PIDS and left in BOOT_PID.
+boot_bg() {
+    local initrd=$1 log=$2
+    shift 2
+    "$SCRIPT_DIR/run-guest.sh" --quiet --timeout "$BOOT_TIMEOUT" --initrd "$WORK/initrd-$initrd.cpio" \
+        --log "$WORK/$log.serial.log" --append "E2E_WATCHDOG=$WATCHDOG" "$@" >"$WORK/$log.run-guest.log" 2>&1 &
+    BOOT_PID=$!
+    BG_PIDS+=("$BOOT_PID")
+}
+
+# boot_wait PID LOG_NAME: wait for a boot_bg guest; prints run-guest's output if it failed.
+boot_wait() {
+    if wait "$1"; then
+        return 0
+    fi
+    sed 's/^/    /' "$WORK/$2.run-guest.log" >&2
     return 1
 }
 
@@ -270,8 +299,8 @@ scenario_blk_basic() {
 scenario_blk_fs_host_verify() {
     local name=blk-fs-host-verify img="$WORK/img-blk-fs.img" pattern="$WORK/img-pattern.bin" tok
     tok=$(token)
-    truncate -s 64M "$img"
-    head -c $((3 * 1024 * 1024 + 12345)) /dev/urandom >"$pattern"
+    truncate -s 32M "$img"
+    head -c $((2 * 1024 * 1024 + 12345)) /dev/urandom >"$pattern"
     initrd "$name" "$SCRIPT_DIR/guest/blk-fs-host-verify.sh" --add "$pattern:/host-pattern.bin" || return 1
     start_server "$name" --device "virtio-blk,id=disk0,socket=$WORK/disk0.sock,backend=file,path=$img" || return 1
     boot "$name" "$name" --socket "$WORK/disk0.sock" --append "E2E_TOKEN=$tok" || return 1
@@ -304,8 +333,9 @@ scenario_blk_reboot() {
     truncate -s 64M "$img"
     initrd "$name" "$SCRIPT_DIR/guest/blk-reboot.sh" || return 1
     start_server "$name" --device "virtio-blk,id=disk0,socket=$WORK/disk0.sock,backend=file,path=$img" || return 1
+    # Two boots: twice the time (each boot has its own E2E_WATCHDOG of guest uptime).
     boot "$name" "$name" --socket "$WORK/disk0.sock" --allow-reboot --max-boots 2 \
-        --append "E2E_TOKEN=$tok" || return 1
+        --timeout $((BOOT_TIMEOUT * 2)) --append "E2E_TOKEN=$tok" || return 1
     expect_serial "$name" '^REBOOT boot=1 wrote data' || return 1
     expect_serial "$name" '^REBOOT boot=2 marker found' || return 1
     n=$(serial "$name" | grep -a -c 'E2E: init started')
@@ -350,13 +380,12 @@ scenario_blk_two_vms() {
     start_server "$name" \
         --device "virtio-blk,id=vm1,socket=$WORK/vm1.sock,backend=file,path=$WORK/img-$name-vm1.img" \
         --device "virtio-blk,id=vm2,socket=$WORK/vm2.sock,backend=file,path=$WORK/img-$name-vm2.img" || return 1
-    boot "$name" "$name.vm1" --socket "$WORK/vm1.sock" --append "E2E_EXPECT_SERIAL=vm1" &
-    p1=$!
-    boot "$name" "$name.vm2" --socket "$WORK/vm2.sock" --append "E2E_EXPECT_SERIAL=vm2" &
-    p2=$!
-    BG_PIDS=("$p1" "$p2")
-    wait "$p1" || { rc=1; fail "$name: VM 1 failed"; }
-    wait "$p2" || { rc=1; fail "$name: VM 2 failed"; }
+    boot_bg "$name" "$name.vm1" --socket "$WORK/vm1.sock" --append "E2E_EXPECT_SERIAL=vm1"
+    p1=$BOOT_PID
+    boot_bg "$name" "$name.vm2" --socket "$WORK/vm2.sock" --append "E2E_EXPECT_SERIAL=vm2"
+    p2=$BOOT_PID
+    boot_wait "$p1" "$name.vm1" || { rc=1; fail "$name: VM 1 failed"; }
+    boot_wait "$p2" "$name.vm2" || { rc=1; fail "$name: VM 2 failed"; }
     BG_PIDS=()
     ((rc == 0)) || return 1
     for vm in vm1 vm2; do
@@ -383,12 +412,9 @@ scenario_blk_qemu_killed() {
     start_server "$name" --device "virtio-blk,id=disk0,socket=$WORK/disk0.sock,backend=file,path=$img" || return 1
     rm -f "$WORK/$name.qemu.pid"
     # run-guest.sh itself fails here (QEMU gets killed, no PASS): its output is only kept.
-    "$SCRIPT_DIR/run-guest.sh" --quiet --timeout "$BOOT_TIMEOUT" --initrd "$WORK/initrd-$name.cpio" \
-        --log "$WORK/$name.writer.serial.log" --socket "$WORK/disk0.sock" \
-        --pidfile "$WORK/$name.qemu.pid" --append "E2E_MODE=write E2E_TOKEN=$tok" \
-        >"$WORK/$name.writer.run-guest.log" 2>&1 &
-    p=$!
-    BG_PIDS=("$p")
+    boot_bg "$name" "$name.writer" --socket "$WORK/disk0.sock" --pidfile "$WORK/$name.qemu.pid" \
+        --append "E2E_MODE=write E2E_TOKEN=$tok"
+    p=$BOOT_PID
     # Kill QEMU once the guest has reported 5 durable records (or give up).
     for ((i = 0; i < BOOT_TIMEOUT * 20; i++)); do
         serial "$name.writer" 2>/dev/null | grep -a -q '^FLUSHED 5$' && break
@@ -463,9 +489,17 @@ for s in "${SCENARIOS[@]}"; do
             wait "$SERVER_PID" 2>/dev/null || true
             SERVER_PID=""
         fi
+        if grep -q -E 'level=(warn|error)' "$WORK/$s.server.log" 2>/dev/null; then
+            echo "    server warnings/errors:" >&2
+            grep -E 'level=(warn|error)' "$WORK/$s.server.log" | head -n 5 | sed 's/^/      /' >&2
+        fi
         keep_logs "$s"
     fi
-    rm -f "$WORK"/img-* "$WORK"/initrd-* "$WORK"/*.sock
+    if [[ -n "$KEEP_LOGS" ]]; then
+        mkdir -p "$KEEP_LOGS/$s"
+        cp "$WORK/$s".* "$KEEP_LOGS/$s"/ 2>/dev/null || true
+    fi
+    rm -f "$WORK"/img-* "$WORK"/initrd-* "$WORK"/*.sock "$WORK/$s".*
 done
 echo "e2e: total $((($(date +%s%N) - ALL_START) / 1000000)) ms for ${#SCENARIOS[@]} scenario(s)"
 echo "$PASSED passed, $FAILED failed"

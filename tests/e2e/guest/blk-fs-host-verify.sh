@@ -22,7 +22,7 @@ mount -t ext4 /dev/vda /mnt || e2e_fail "mount failed"
 mkdir -p /mnt/e2e/dir
 cp /host-pattern.bin /mnt/e2e/pattern.bin || e2e_fail "cp pattern failed"
 echo "E2E-MARKER $E2E_TOKEN" >/mnt/e2e/marker.txt
-blk_pattern /mnt/e2e/guest.bin 1536
+blk_pattern /mnt/e2e/guest.bin 1024
 i=1
 while [ "$i" -le 20 ]; do
     echo "small $i $E2E_TOKEN" >"/mnt/e2e/dir/small-$i"

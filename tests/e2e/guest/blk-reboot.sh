@@ -18,6 +18,7 @@ blk_describe vda
 
 dd if=/dev/vda of=/tmp/block0 bs=4096 count=1 iflag=direct 2>/dev/null || e2e_fail "cannot read block 0"
 marker=$(head -n 1 /tmp/block0 | tr -d '\000')
+dd if=/dev/zero of=/tmp/zero bs=4096 count=1 2>/dev/null
 case "$marker" in
     "E2E-REBOOT $E2E_TOKEN "*)
         want=${marker##* }
@@ -29,8 +30,8 @@ case "$marker" in
         e2e_log "data written before the reboot is intact"
         ;;
     "")
-        dd if=/dev/zero of=/tmp/zero bs=4096 count=1 2>/dev/null
-        cmp -s /tmp/block0 /tmp/zero || e2e_fail "boot 1: block 0 is not blank and has no marker"
+        cmp -s /tmp/block0 /tmp/zero ||
+            e2e_fail "boot 1: block 0 is not blank and has no marker ($(cmp /tmp/block0 /tmp/zero 2>&1 | head -n 1))"
         blk_write_check data vda 64 1024
         sha=$(blk_sha /tmp/data)
         printf 'E2E-REBOOT %s %s\n' "$E2E_TOKEN" "$sha" >/tmp/marker
@@ -42,5 +43,6 @@ case "$marker" in
         sleep 10
         e2e_fail "boot 1: reboot -f did not reboot"
         ;;
-    *) e2e_fail "block 0 has a marker of another run: $marker" ;;
+    "E2E-REBOOT "*) e2e_fail "block 0 has a marker of another run: $marker" ;;
+    *) e2e_fail "block 0 is neither blank nor a marker (vs. zeros: $(cmp /tmp/block0 /tmp/zero 2>&1 | head -n 1); starts with$(head -c 16 /tmp/block0 | od -An -tx1 | tr -s ' \n' ' '))" ;;
 esac

@@ -2,17 +2,17 @@
 # blk-smp2-mq.sh - guest script: a 2-CPU guest on a virtio-blk device with 2 request queues.
 # Checks that blk-mq has one hardware queue per CPU (/sys/block/vda/mq/0 and 1), then runs
 # two writers in parallel, pinned to CPU 0 and CPU 1 (so each submits on its own queue),
-# each writing and reading back its own 4 MiB region with O_DIRECT. The per-queue MSI-X
+# each writing and reading back its own 2 MiB region with O_DIRECT. The per-queue MSI-X
 # interrupt counts (virtioN-req.0 / req.1 in /proc/interrupts) must both have grown: the
 # device completed requests on both queues.
 . /lib/e2e.sh
 . /lib/e2e-blk.sh
 
-# `sh /test.sh writer CPU OFFSET_KIB`: one writer (4 x 1 MiB write + O_DIRECT read-back).
+# `sh /test.sh writer CPU OFFSET_KIB`: one writer (4 x 512 KiB write + O_DIRECT read-back).
 if [ "${1:-}" = writer ]; then
     r=1
     while [ "$r" -le 4 ]; do
-        blk_write_check "cpu$2-r$r" vda $(($3 + (r - 1) * 1024)) 1024
+        blk_write_check "cpu$2-r$r" vda $(($3 + (r - 1) * 512)) 512
         r=$((r + 1))
     done
     exit 0
