@@ -333,26 +333,26 @@ Status VirtioBlkDriver::GetId(uint16_t queue, uint16_t slot, uint64_t tag) {
   return Submit(queue, slot, 8, 0, data, true, tag);
 }
 
-Status VirtioBlkDriver::Discard(uint16_t queue, uint16_t slot, uint64_t sector, uint32_t sectors,
-                                uint64_t tag) {
+Status VirtioBlkDriver::SubmitRange(uint16_t queue, uint16_t slot, uint32_t type, uint64_t sector,
+                                    uint32_t sectors, uint64_t tag) {
+  // One discard/write-zeroes segment {sector, num_sectors, flags} in the slot's meta area.
   uint8_t* seg = SlotHost(queue, slot, 16);
   uint32_t flags = 0;
   std::memcpy(seg, &sector, 8);
   std::memcpy(seg + 8, &sectors, 4);
   std::memcpy(seg + 12, &flags, 4);
   std::pair<uint32_t, uint32_t> data[] = {{16, 16}};
-  return Submit(queue, slot, 11, 0, data, false, tag);
+  return Submit(queue, slot, type, 0, data, false, tag);
+}
+
+Status VirtioBlkDriver::Discard(uint16_t queue, uint16_t slot, uint64_t sector, uint32_t sectors,
+                                uint64_t tag) {
+  return SubmitRange(queue, slot, 11, sector, sectors, tag);
 }
 
 Status VirtioBlkDriver::WriteZeroes(uint16_t queue, uint16_t slot, uint64_t sector,
                                     uint32_t sectors, uint64_t tag) {
-  uint8_t* seg = SlotHost(queue, slot, 16);
-  uint32_t flags = 0;
-  std::memcpy(seg, &sector, 8);
-  std::memcpy(seg + 8, &sectors, 4);
-  std::memcpy(seg + 12, &flags, 4);
-  std::pair<uint32_t, uint32_t> data[] = {{16, 16}};
-  return Submit(queue, slot, 13, 0, data, false, tag);
+  return SubmitRange(queue, slot, 13, sector, sectors, tag);
 }
 
 Status VirtioBlkDriver::Raw(uint16_t queue, uint16_t slot, uint32_t type, uint64_t sector,

@@ -124,6 +124,8 @@ class VirtioBlkDriver {
   Status Submit(uint16_t queue, uint16_t slot, uint32_t type, uint64_t sector,
                 std::span<const std::pair<uint32_t, uint32_t>> data, bool device_writes,
                 uint64_t tag);
+  Status SubmitRange(uint16_t queue, uint16_t slot, uint32_t type, uint64_t sector,
+                     uint32_t sectors, uint64_t tag);
   Status WriteCommon8(uint32_t off, uint8_t v);
   Status WriteCommon16(uint32_t off, uint16_t v);
   Status WriteCommon32(uint32_t off, uint32_t v);
