@@ -13,6 +13,12 @@
 namespace vfu {
 namespace {
 
+uint64_t NowNs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
 constexpr uint64_t kWakeToken = 0;
 
 }  // namespace
@@ -105,18 +111,13 @@ void Reactor::RunPostedTasks() {
   for (Task& t : tasks) t();
 }
 
-bool Reactor::RunPollers(std::chrono::steady_clock::time_point* now) {
+bool Reactor::RunPollers() {
   bool busy = false;
-  // One clock read per poller boundary (each read ends one poller's time and starts the
-  // next's): a clock read costs tens of ns in a VM and the busy loop pays it every round.
-  auto start = std::chrono::steady_clock::now();
   // Index loop: a poller may remove itself (or another) while running.
   for (size_t i = 0; i < pollers_.size(); ++i) {
+    uint64_t start = NowNs();
     PollResult r = pollers_[i].poller->Poll();
-    auto end = std::chrono::steady_clock::now();
-    uint64_t elapsed = static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count());
-    start = end;
+    uint64_t elapsed = NowNs() - start;
     if (i >= pollers_.size()) break;
     PollerStats& s = pollers_[i].stats;
     if (r == PollResult::kBusy) {
@@ -128,7 +129,6 @@ bool Reactor::RunPollers(std::chrono::steady_clock::time_point* now) {
       ++s.idle_polls;
     }
   }
-  *now = start;
   return busy;
 }
 
@@ -167,8 +167,8 @@ int Reactor::DispatchEvents(int timeout_ms) {
 
 bool Reactor::RunOnce(std::chrono::milliseconds timeout) {
   if (pollers_.empty()) return DispatchEvents(static_cast<int>(timeout.count())) > 0;
-  std::chrono::steady_clock::time_point now;
-  bool busy = RunPollers(&now);  // `now`: when the last poller returned
+  bool busy = RunPollers();
+  auto now = std::chrono::steady_clock::now();
   if (busy) {
     idle_ = false;
   } else if (!idle_) {

@@ -99,7 +99,7 @@ class Reactor {
     PollerStats stats;
   };
 
-  bool RunPollers(std::chrono::steady_clock::time_point* now);
+  bool RunPollers();
   bool PollersAgreeToSleep();
   int DispatchEvents(int timeout_ms);
   void RunPostedTasks();
