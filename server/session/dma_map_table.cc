@@ -63,6 +63,7 @@ Status DmaMapTable::Map(uint64_t iova, uint64_t size, uint64_t offset, uint32_t 
     // The fd itself is not needed once mapped; it is closed here (UniqueFd).
   }
   regions_.emplace(iova, std::move(region));
+  last_hit_ = nullptr;
   return Status::Ok();
 }
 
@@ -72,6 +73,7 @@ Status DmaMapTable::Unmap(uint64_t iova, uint64_t size) {
     return MakeError(ENOENT, "no DMA map is exactly [" + Hex(iova) + ", +" + Hex(size) + ")");
   }
   regions_.erase(it);
+  last_hit_ = nullptr;
   return Status::Ok();
 }
 
@@ -82,11 +84,25 @@ uint64_t DmaMapTable::mapped_bytes() const {
 }
 
 DmaMapTable::Region* DmaMapTable::Find(uint64_t iova) {
+  // Consecutive accesses nearly always hit the same map (guest RAM is a few large maps).
+  if (last_hit_ != nullptr && iova - last_hit_->iova < last_hit_->size) return last_hit_;
   auto it = regions_.upper_bound(iova);
   if (it == regions_.begin()) return nullptr;
   --it;
   Region& r = it->second;
-  return (iova - r.iova < r.size) ? &r : nullptr;
+  if (iova - r.iova >= r.size) return nullptr;
+  last_hit_ = &r;
+  return &r;
+}
+
+Status DmaMapTable::CheckUsable(const Region& r, uint64_t iova, Access access) const {
+  if (!r.mapping.valid()) {
+    return MakeError(EFAULT, "guest range at " + Hex(iova) + " was mapped without an fd");
+  }
+  if ((access == Access::kRead && !r.readable) || (access == Access::kWrite && !r.writable)) {
+    return MakeError(EACCES, "guest range at " + Hex(iova) + " does not allow this access");
+  }
+  return Status::Ok();
 }
 
 Result<uint8_t*> DmaMapTable::Translate(uint64_t iova, uint64_t len, Access access) {
@@ -95,12 +111,7 @@ Result<uint8_t*> DmaMapTable::Translate(uint64_t iova, uint64_t len, Access acce
     return MakeError(
         EFAULT, "guest range [" + Hex(iova) + ", +" + Hex(len) + ") is not inside one DMA map");
   }
-  if (!r->mapping.valid()) {
-    return MakeError(EFAULT, "guest range at " + Hex(iova) + " was mapped without an fd");
-  }
-  if ((access == Access::kRead && !r->readable) || (access == Access::kWrite && !r->writable)) {
-    return MakeError(EACCES, "guest range at " + Hex(iova) + " does not allow this access");
-  }
+  VFU_RETURN_IF_ERROR(CheckUsable(*r, iova, access));
   return r->mapping.data() + (iova - r->iova);
 }
 
@@ -115,13 +126,14 @@ Status DmaMapTable::TranslateSegments(uint64_t iova, uint64_t len, Access access
       out->resize(first);
       return MakeError(EFAULT, "guest address " + Hex(iova + done) + " is not mapped");
     }
-    uint64_t chunk = std::min<uint64_t>(r->size - (iova + done - r->iova), len - done);
-    auto p = Translate(iova + done, chunk, access);
-    if (!p) {
+    uint64_t offset = iova + done - r->iova;
+    uint64_t chunk = std::min<uint64_t>(r->size - offset, len - done);
+    Status usable = CheckUsable(*r, iova + done, access);
+    if (!usable.ok()) {
       out->resize(first);
-      return p.error();
+      return usable;
     }
-    out->push_back({*p, chunk});
+    out->push_back({r->mapping.data() + offset, chunk});
     done += chunk;
   }
   return Status::Ok();

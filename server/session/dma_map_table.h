@@ -34,7 +34,10 @@ class DmaMapTable : public GuestMemory {
   Status Map(uint64_t iova, uint64_t size, uint64_t offset, uint32_t flags, UniqueFd fd);
   // Removes exactly [iova, iova + size); ENOENT when no map matches.
   Status Unmap(uint64_t iova, uint64_t size);
-  void UnmapAll() { regions_.clear(); }
+  void UnmapAll() {
+    regions_.clear();
+    last_hit_ = nullptr;
+  }
 
   size_t size() const { return regions_.size(); }
   uint64_t mapped_bytes() const;
@@ -49,9 +52,11 @@ class DmaMapTable : public GuestMemory {
  private:
   // The region containing iova, or nullptr.
   Region* Find(uint64_t iova);
+  Status CheckUsable(const Region& r, uint64_t iova, Access access) const;
 
   size_t max_regions_;
   std::map<uint64_t, Region> regions_;  // keyed by iova
+  Region* last_hit_ = nullptr;          // the region Find returned last (reset on any change)
 };
 
 }  // namespace vfu

@@ -215,3 +215,30 @@ TEST(DmaMapTable, MappingsAreReleasedWithTheTable) {
 
 }  // namespace
 }  // namespace vfu
+
+namespace vfu {
+namespace {
+
+// The table remembers the map it found last; after that map goes away (or is replaced by a
+// new one at the same IOVA) a lookup must not use the stale entry.
+TEST_F(TwoAdjacentMaps, LookupAfterUnmapDoesNotUseTheRememberedMap) {
+  ASSERT_TRUE(table_.Translate(0x10010, 16, GuestMemory::Access::kRead).ok());
+  ASSERT_TRUE(table_.Unmap(0x10000, 0x2000).ok());
+  auto gone = table_.Translate(0x10010, 16, GuestMemory::Access::kRead);
+  ASSERT_FALSE(gone.ok());
+  EXPECT_EQ(gone.error().code, EFAULT);
+  std::vector<iovec> segs;
+  EXPECT_EQ(table_.TranslateSegments(0x10010, 16, GuestMemory::Access::kRead, &segs).code(),
+            EFAULT);
+  // Mapped again read-only: the new permissions apply.
+  ASSERT_TRUE(table_.Map(0x10000, 0x2000, 0, wire::kDmaFlagRead, Dup(a_)).ok());
+  EXPECT_TRUE(table_.Translate(0x10010, 16, GuestMemory::Access::kRead).ok());
+  auto write = table_.Translate(0x10010, 16, GuestMemory::Access::kWrite);
+  ASSERT_FALSE(write.ok());
+  EXPECT_EQ(write.error().code, EACCES);
+  table_.UnmapAll();
+  EXPECT_FALSE(table_.Translate(0x12010, 16, GuestMemory::Access::kRead).ok());
+}
+
+}  // namespace
+}  // namespace vfu
