@@ -145,7 +145,7 @@ Status PciDevice::ReadRegion(uint32_t index, uint64_t offset, std::span<uint8_t>
     if (msix_.Overlaps(bar, offset, out.size())) return msix_.Read(bar, offset, out);
     return BarRead(bar, offset, out);
   }
-  return MakeError(EINVAL, "region " + std::to_string(index) + " is not implemented");
+  return MakeError(EINVAL, "the device has no region " + std::to_string(index));
 }
 
 Status PciDevice::WriteRegion(uint32_t index, uint64_t offset, std::span<const uint8_t> data) {
@@ -177,7 +177,7 @@ Status PciDevice::WriteRegion(uint32_t index, uint64_t offset, std::span<const u
     if (msix_.Overlaps(bar, offset, data.size())) return msix_.Write(bar, offset, data);
     return BarWrite(bar, offset, data);
   }
-  return MakeError(EINVAL, "region " + std::to_string(index) + " is not implemented");
+  return MakeError(EINVAL, "the device has no region " + std::to_string(index));
 }
 
 Status PciDevice::Reset() {

@@ -663,7 +663,7 @@ TEST(RegionAccess, ConfigBarSizingReadsBackTheSizeMask) {
   h.Negotiate();
   Write32(h, kConfig, pci::kBar0, 0xffffffff);
   EXPECT_EQ(Read32(h, kConfig, pci::kBar0), 0xfffff000u);  // 4 KiB, 32-bit memory
-  Write32(h, kConfig, pci::kBar0 + 4, 0xffffffff);         // BAR1 is not implemented
+  Write32(h, kConfig, pci::kBar0 + 4, 0xffffffff);         // the sample device has no BAR1
   EXPECT_EQ(Read32(h, kConfig, pci::kBar0 + 4), 0u);
   Write32(h, kConfig, pci::kBar0, 0xfebf1000);
   EXPECT_EQ(Read32(h, kConfig, pci::kBar0), 0xfebf1000u);
