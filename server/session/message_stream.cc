@@ -2,53 +2,122 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
 namespace vfu {
 
+Result<size_t> MessageStream::Absorb(const uint8_t* data, size_t n, InboundMessage* msg,
+                                     bool* done) {
+  *done = false;
+  size_t used = 0;
+  if (!in_payload_) {
+    size_t take = std::min(n, sizeof(header_buf_) - header_have_);
+    std::memcpy(header_buf_ + header_have_, data, take);
+    header_have_ += take;
+    used += take;
+    if (header_have_ < sizeof(header_buf_)) return used;
+    std::memcpy(&msg->header, header_buf_, sizeof(header_buf_));
+    last_header_ = msg->header;
+    auto header = proto::DecodeHeader({header_buf_, sizeof(header_buf_)}, max_message_size_);
+    if (!header) return header.error();
+    msg->payload.resize(header->msg_size - sizeof(wire::Header));
+    payload_have_ = 0;
+    in_payload_ = true;
+  }
+  size_t take = std::min(n - used, msg->payload.size() - payload_have_);
+  if (take > 0) std::memcpy(msg->payload.data() + payload_have_, data + used, take);
+  payload_have_ += take;
+  used += take;
+  if (payload_have_ == msg->payload.size()) {
+    in_payload_ = false;
+    header_have_ = 0;
+    payload_have_ = 0;
+    *done = true;
+  }
+  return used;
+}
+
 Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
   while (true) {
-    std::span<uint8_t> target;
+    if (!in_payload_ && header_have_ == 0) {
+      // A new message: first what an earlier read took beyond the previous one.
+      msg->Clear();
+      if (carry_len_ > 0) {
+        msg->fds = std::move(carry_fds_);
+        carry_fds_.clear();
+        msg->fds_truncated = carry_fds_truncated_;
+        carry_fds_truncated_ = false;
+        bool done = false;
+        auto used = Absorb(carry_ + carry_off_, carry_len_, msg, &done);
+        if (!used) return used.error();
+        carry_off_ += *used;
+        carry_len_ -= *used;
+        if (done) return ReadStatus::kMessage;
+        continue;  // the carried bytes were all used: the rest comes from the socket
+      }
+      if (speculative_) {
+        // Header and the first bytes of the payload in one recvmsg. A message shorter than
+        // that lets the read run into the next one; those bytes, and any fds that came with
+        // them (they ride with the first byte of a later message: a message that carries fds
+        // ends a read), are kept for the next message.
+        uint8_t buf[sizeof(header_buf_) + kSpeculativePayload];
+        auto got = connection_.Receive({buf, sizeof(buf)}, &msg->fds);
+        if (!got) {
+          if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
+          return got.error();
+        }
+        if (got->fds_truncated) msg->fds_truncated = true;
+        if (got->bytes == 0) return ReadStatus::kClosed;
+        bool done = false;
+        auto used = Absorb(buf, got->bytes, msg, &done);
+        if (!used) return used.error();
+        if (*used < got->bytes) {
+          std::memcpy(carry_, buf + *used, got->bytes - *used);
+          carry_off_ = 0;
+          carry_len_ = got->bytes - *used;
+          carry_fds_ = std::move(msg->fds);
+          msg->fds.clear();
+          carry_fds_truncated_ = msg->fds_truncated;
+          msg->fds_truncated = false;
+        }
+        if (done) return ReadStatus::kMessage;
+        continue;
+      }
+    }
+    // The rest of the header or of the payload, never reading past this message.
+    bool done = false;
     if (!in_payload_) {
-      if (header_have_ == 0) msg->Clear();
-      target = {header_buf_ + header_have_, sizeof(header_buf_) - header_have_};
+      uint8_t rest[sizeof(header_buf_)];
+      auto got = connection_.Receive({rest, sizeof(header_buf_) - header_have_}, &msg->fds);
+      if (!got) {
+        if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
+        return got.error();
+      }
+      if (got->fds_truncated) msg->fds_truncated = true;
+      if (got->bytes == 0) return ReadStatus::kClosed;
+      auto used = Absorb(rest, got->bytes, msg, &done);
+      if (!used) return used.error();
     } else {
-      target = {msg->payload.data() + payload_have_, msg->payload.size() - payload_have_};
-    }
-    auto got = connection_.Receive(target, &msg->fds);
-    if (!got) {
-      if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
-      return got.error();
-    }
-    if (got->fds_truncated) msg->fds_truncated = true;
-    if (got->bytes == 0) return ReadStatus::kClosed;
-    if (!in_payload_) {
-      header_have_ += got->bytes;
-      if (header_have_ < sizeof(header_buf_)) continue;
-      std::memcpy(&msg->header, header_buf_, sizeof(header_buf_));
-      last_header_ = msg->header;
-      auto header = proto::DecodeHeader({header_buf_, sizeof(header_buf_)}, max_message_size_);
-      if (!header) return header.error();
-      msg->payload.resize(header->msg_size - sizeof(wire::Header));
-      payload_have_ = 0;
-      in_payload_ = true;
-      if (msg->payload.empty()) {
+      std::span<uint8_t> target{msg->payload.data() + payload_have_,
+                                msg->payload.size() - payload_have_};
+      auto got = connection_.Receive(target, &msg->fds);
+      if (!got) {
+        if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
+        return got.error();
+      }
+      if (got->fds_truncated) msg->fds_truncated = true;
+      if (got->bytes == 0) return ReadStatus::kClosed;
+      payload_have_ += got->bytes;
+      if (payload_have_ == msg->payload.size()) {
         in_payload_ = false;
         header_have_ = 0;
-        return ReadStatus::kMessage;
+        payload_have_ = 0;
+        done = true;
       }
-      // Fall through to read the payload; fds that arrive with it belong to this message too.
-      continue;
-    } else {
-      payload_have_ += got->bytes;
     }
-    if (payload_have_ == msg->payload.size()) {
-      in_payload_ = false;
-      header_have_ = 0;
-      payload_have_ = 0;
-      return ReadStatus::kMessage;
-    }
+    if (done) return ReadStatus::kMessage;
   }
 }
 

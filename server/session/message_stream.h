@@ -54,7 +54,11 @@ class MessageStream {
   // stay attributed to that message; if the socket holds more than that one message (bytes
   // beyond msg_size arrived), the stream is out of step: EPROTO, and it must be closed.
   Result<ReadStatus> ReadExpected(InboundMessage* msg, size_t expected_size);
-  bool mid_message() const { return header_have_ > 0; }
+  bool mid_message() const { return header_have_ > 0 || in_payload_ || carry_len_ > 0; }
+  // Server side: read the header together with the first kSpeculativePayload payload bytes
+  // (one recvmsg instead of two for most requests; see Read).
+  void set_speculative_reads(bool on) { speculative_ = on; }
+  static constexpr size_t kSpeculativePayload = 16;
   const std::optional<wire::Header>& last_header() const { return last_header_; }
 
   // Sends one whole message (fds ride with its first byte). What the socket does not accept
@@ -74,6 +78,10 @@ class MessageStream {
     std::vector<UniqueFd> fds;  // duplicates, sent with the first byte
   };
 
+  // Adds bytes to the message being assembled; returns how many were taken (fewer than n only
+  // when the message completed, *done then true). Errors on a bad header.
+  Result<size_t> Absorb(const uint8_t* data, size_t n, InboundMessage* msg, bool* done);
+
   UnixConnection connection_;
   uint32_t max_message_size_ = proto::kMaxMessageSize;
   uint8_t header_buf_[sizeof(wire::Header)] = {};
@@ -81,6 +89,13 @@ class MessageStream {
   size_t payload_have_ = 0;
   bool in_payload_ = false;
   std::optional<wire::Header> last_header_;
+  bool speculative_ = false;
+  // Bytes (and fds) a speculative read took beyond the message it was for.
+  uint8_t carry_[kSpeculativePayload] = {};
+  size_t carry_off_ = 0;
+  size_t carry_len_ = 0;
+  std::vector<UniqueFd> carry_fds_;
+  bool carry_fds_truncated_ = false;
   std::deque<Pending> pending_;
   size_t pending_bytes_ = 0;
 };

@@ -40,6 +40,7 @@ Session::Session(UnixConnection connection, VfioDevice* device, SessionOptions o
     regions_.push_back(device_->DescribeRegion(i));
   }
   reply_buf_.reserve(4096);
+  stream_.set_speculative_reads(true);
   device_->Attach(this);
 }
 
