@@ -1,11 +1,18 @@
 // vfio-user-ctl: inspects vfio-user devices from a shell.
 //
 //   vfio-user-ctl info SOCKET    device, regions, IRQs and PCI identity, read over vfio-user
+//   vfio-user-ctl bench SOCKET   drives a virtio-blk device with the userspace driver and
+//                                reports IOPS, bandwidth and latency percentiles
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "server/client/client.h"
+#include "server/client/virtio_blk_driver.h"
 #include "server/pci/config_space.h"
 #include "server/version.h"
 
@@ -75,6 +82,131 @@ int Info(const std::string& socket) {
   return 0;
 }
 
+struct BenchOptions {
+  uint32_t block_size = 4096;
+  uint32_t queue_depth = 32;
+  std::string pattern = "randread";  // randread, randwrite, read, write, randrw
+  uint32_t read_percent = 70;        // randrw
+  double seconds = 5;
+  uint64_t span_bytes = 0;  // 0: the whole disk
+};
+
+int Bench(const std::string& socket, const BenchOptions& o) {
+  if (o.block_size == 0 || o.block_size % 512 != 0 || o.block_size > (1u << 20)) {
+    std::fprintf(stderr, "error: --bs must be a multiple of 512 up to 1 MiB\n");
+    return 2;
+  }
+  if (o.queue_depth == 0 || o.queue_depth > 256) {
+    std::fprintf(stderr, "error: --qd must be 1..256\n");
+    return 2;
+  }
+  bool sequential = o.pattern == "read" || o.pattern == "write";
+  if (!sequential && o.pattern != "randread" && o.pattern != "randwrite" && o.pattern != "randrw") {
+    std::fprintf(stderr, "error: --rw must be randread, randwrite, read, write or randrw\n");
+    return 2;
+  }
+  auto client = client::Client::Connect(socket);
+  if (!client) {
+    std::fprintf(stderr, "error: %s\n", client.error().message.c_str());
+    return 1;
+  }
+  client::VirtioBlkDriverOptions dopts;
+  dopts.slot_bytes = o.block_size;
+  uint32_t qsize = 4;
+  while (qsize / 3 < o.queue_depth) qsize *= 2;
+  dopts.queue_size = static_cast<uint16_t>(qsize);
+  auto driver = client::VirtioBlkDriver::Create(client->get(), dopts);
+  if (!driver) {
+    std::fprintf(stderr, "error: %s\n", driver.error().message.c_str());
+    return 1;
+  }
+  client::VirtioBlkDriver& d = **driver;
+  uint64_t disk = d.capacity_sectors() * 512;
+  uint64_t span = o.span_bytes != 0 ? std::min(o.span_bytes, disk) : disk;
+  uint64_t blocks = span / o.block_size;
+  if (blocks == 0) {
+    std::fprintf(stderr, "error: the disk is smaller than one block\n");
+    return 1;
+  }
+  bool writes_possible = o.pattern != "randread" && o.pattern != "read";
+  if (writes_possible && (d.features() & (1ull << 5))) {
+    std::fprintf(stderr, "error: the device is read-only\n");
+    return 1;
+  }
+  std::mt19937_64 rng(42);
+  uint64_t next_seq = 0;
+  std::vector<std::chrono::steady_clock::time_point> started(o.queue_depth);
+  std::vector<double> latencies_us;
+  latencies_us.reserve(1 << 20);
+  uint64_t reads = 0, writes = 0, errors = 0;
+  auto submit = [&](uint16_t slot) -> bool {
+    uint64_t block = sequential ? (next_seq++ % blocks) : (rng() % blocks);
+    bool write = o.pattern == "write" || o.pattern == "randwrite" ||
+                 (o.pattern == "randrw" && rng() % 100 >= o.read_percent);
+    uint64_t sector = block * (o.block_size / 512);
+    started[slot] = std::chrono::steady_clock::now();
+    Status s = write ? d.Write(0, slot, sector, o.block_size, slot)
+                     : d.Read(0, slot, sector, o.block_size, slot);
+    (write ? writes : reads)++;
+    return s.ok();
+  };
+  for (uint16_t s = 0; s < o.queue_depth; ++s) {
+    if (!submit(s)) {
+      std::fprintf(stderr, "error: cannot submit\n");
+      return 1;
+    }
+  }
+  auto begin = std::chrono::steady_clock::now();
+  auto end = begin + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                         std::chrono::duration<double>(o.seconds));
+  std::vector<client::BlkCompletion> done;
+  uint64_t completed = 0;
+  size_t outstanding = o.queue_depth;
+  bool stopping = false;
+  auto last_progress = begin;
+  while (outstanding > 0) {
+    done.clear();
+    d.Poll(0, &done);
+    auto now = std::chrono::steady_clock::now();
+    if (done.empty()) {
+      if (now - last_progress > std::chrono::seconds(10)) {
+        std::fprintf(stderr, "error: no completion for 10 s\n");
+        d.Abandon();
+        return 1;
+      }
+      continue;
+    }
+    last_progress = now;
+    if (now >= end) stopping = true;
+    for (const auto& c : done) {
+      uint16_t slot = static_cast<uint16_t>(c.tag);
+      latencies_us.push_back(
+          std::chrono::duration<double, std::micro>(now - started[slot]).count());
+      if (c.status != 0) ++errors;
+      ++completed;
+      // Past the deadline (or if a submit fails) the slot retires instead of going again.
+      if (stopping || !submit(slot)) --outstanding;
+    }
+  }
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  std::sort(latencies_us.begin(), latencies_us.end());
+  auto pct = [&](double p) {
+    return latencies_us.empty()
+               ? 0.0
+               : latencies_us[std::min(latencies_us.size() - 1,
+                                       static_cast<size_t>(p * latencies_us.size()))];
+  };
+  double iops = completed / elapsed;
+  std::printf(
+      "%s bs=%u qd=%u: %.0f IOPS, %.1f MiB/s over %.2f s (%llu reads, %llu writes, %llu errors)\n",
+      o.pattern.c_str(), o.block_size, o.queue_depth, iops, iops * o.block_size / (1024.0 * 1024.0),
+      elapsed, static_cast<unsigned long long>(reads), static_cast<unsigned long long>(writes),
+      static_cast<unsigned long long>(errors));
+  std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f\n", pct(0.50),
+              pct(0.90), pct(0.99), pct(0.999), latencies_us.empty() ? 0.0 : latencies_us.back());
+  return errors == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 namespace {
@@ -87,12 +219,26 @@ int Main(int argc, char** argv) {
   std::string socket;
   auto* info = app.add_subcommand("info", "describe the device behind a vfio-user socket");
   info->add_option("socket", socket, "the device's vfio-user socket")->required();
+  std::string bench_socket;
+  BenchOptions bench;
+  auto* bench_cmd = app.add_subcommand("bench", "drive a virtio-blk device and measure it");
+  bench_cmd->add_option("socket", bench_socket, "the device's vfio-user socket")->required();
+  bench_cmd->add_option("--bs", bench.block_size, "block size in bytes")->capture_default_str();
+  bench_cmd->add_option("--qd", bench.queue_depth, "queue depth (1..256)")->capture_default_str();
+  bench_cmd->add_option("--rw", bench.pattern, "randread, randwrite, read, write or randrw")
+      ->capture_default_str();
+  bench_cmd->add_option("--read-percent", bench.read_percent, "reads in % with --rw randrw")
+      ->capture_default_str();
+  bench_cmd->add_option("--duration", bench.seconds, "seconds to run")->capture_default_str();
+  bench_cmd->add_option("--span", bench.span_bytes, "bytes of the disk to use (0: all)")
+      ->capture_default_str();
   if (argc == 2 && std::string(argv[1]) == "--version") {
     std::printf("vfio-user-ctl %s\n", vfu::kVersion);
     return 0;
   }
   CLI11_PARSE(app, argc, argv);
   if (info->parsed()) return Info(socket);
+  if (bench_cmd->parsed()) return Bench(bench_socket, bench);
   return 2;
 }
 

@@ -285,3 +285,47 @@ TEST(ServerShutdown, SigtermLetsInFlightWritesFinishAndLeavesAcknowledgedDataInT
 
 }  // namespace
 }  // namespace vfu::testing
+
+namespace vfu::testing {
+namespace {
+
+TEST(CtlBench, DrivesAVirtioBlkDeviceAndReportsIopsAndLatency) {
+  TempDir dir;
+  std::string sock = dir.File("d.sock");
+  Subprocess server(VFU_SERVER_BINARY,
+                    {"--device", "virtio-blk,id=d,socket=" + sock + ",backend=ram,size=16M"});
+  ASSERT_TRUE(server.Start());
+  ASSERT_TRUE(server.WaitForOutput("ready", std::chrono::seconds(10)));
+  auto [code, out] = RunToCompletion(VFU_CTL_BINARY, {"bench", sock, "--rw", "randrw", "--qd", "8",
+                                                      "--bs", "8192", "--duration", "0.3"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("randrw bs=8192 qd=8:"), std::string::npos) << out;
+  EXPECT_NE(out.find("IOPS"), std::string::npos) << out;
+  EXPECT_NE(out.find(" 0 errors"), std::string::npos) << out;
+  EXPECT_NE(out.find("latency us: p50"), std::string::npos) << out;
+  // The device is usable afterwards (the bench resets it on the way out).
+  auto [code2, out2] = RunToCompletion(VFU_CTL_BINARY, {"bench", sock, "--duration", "0.1"});
+  EXPECT_EQ(code2, 0) << out2;
+}
+
+TEST(CtlBench, WritesToAReadOnlyDeviceAreRefusedUpFront) {
+  TempDir dir;
+  std::string sock = dir.File("d.sock");
+  Subprocess server(VFU_SERVER_BINARY, {"--device", "virtio-blk,id=d,socket=" + sock +
+                                                        ",backend=ram,size=1M,readonly=on"});
+  ASSERT_TRUE(server.Start());
+  ASSERT_TRUE(server.WaitForOutput("ready", std::chrono::seconds(10)));
+  auto [code, out] = RunToCompletion(VFU_CTL_BINARY, {"bench", sock, "--rw", "write"});
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("read-only"), std::string::npos) << out;
+}
+
+TEST(CtlBench, InvalidOptionsAreUsageErrors) {
+  auto [code, out] =
+      RunToCompletion(VFU_CTL_BINARY, {"bench", "/nonexistent.sock", "--bs", "1000"});
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("--bs must be a multiple of 512"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace vfu::testing
