@@ -420,4 +420,9 @@ const char* CommandName(uint16_t command) {
   return "UNKNOWN";
 }
 
+bool IsKnownCommand(uint16_t command) {
+  return command >= static_cast<uint16_t>(Command::kVersion) &&
+         command <= static_cast<uint16_t>(Command::kMigDataWrite) && command != 14;
+}
+
 }  // namespace vfu::wire

@@ -30,6 +30,8 @@ enum class Command : uint16_t {
 };
 
 const char* CommandName(uint16_t command);
+// True for the command ids the spec defines (1-13, 15-18).
+bool IsKnownCommand(uint16_t command);
 
 // --- Header ---------------------------------------------------------------------------------
 inline constexpr uint32_t kFlagTypeMask = 0xf;

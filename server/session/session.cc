@@ -2,7 +2,6 @@
 
 #include <cstring>
 #include <string>
-#include <string_view>
 
 #include "server/common/checked_math.h"
 
@@ -132,7 +131,7 @@ Status Session::Dispatch(InboundMessage& msg, Reply& reply) {
                    Num(msg.fds.size()) + " were sent");
   }
   auto command = static_cast<Command>(h.command);
-  if (std::string_view(wire::CommandName(h.command)) == "UNKNOWN") {
+  if (!wire::IsKnownCommand(h.command)) {
     return MakeError(ENOSYS, "unknown command " + Num(h.command));
   }
   if (command == Command::kVersion) return HandleVersion(msg, reply);
