@@ -8,6 +8,9 @@ packages=(
   clang clang-format clang-tidy libclang-rt-14-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev liburing-dev libyaml-cpp-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libcpprest-dev prometheus-cpp-dev libpugixml-dev libssl-dev zlib1g-dev
+  libvirt-clients
   python3
 )
 
