@@ -3,11 +3,14 @@
 //   vfio-user-server --config /etc/vfio-user/server.yaml
 //   vfio-user-server --device virtio-blk,id=disk0,socket=/run/vfu/disk0.sock,backend=ram,size=64M
 //
-// Devices run on poll threads (settings.pollThreads; one by default), each a Reactor. SIGTERM
-// or SIGINT stop the server gracefully: in-flight I/O finishes, sessions end, client resources
-// are released and socket files are removed; the exit code is 0.
+// Devices run on poll threads (settings.pollThreads; one by default), each a Reactor, managed by
+// a DeviceManager; the control API (gRPC, server/control/control.proto) serves their status and
+// counters. SIGHUP or a change of the config file reloads it (see DeviceManager for the rules).
+// SIGTERM or SIGINT stop the server gracefully: in-flight I/O finishes, sessions end, client
+// resources are released and socket files are removed; the exit code is 0.
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/inotify.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,7 +18,9 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,51 +28,83 @@
 #include "server/common/log.h"
 #include "server/common/unique_fd.h"
 #include "server/config/server_config.h"
+#include "server/control/control_server.h"
 #include "server/devices/device_factory.h"
 #include "server/runtime/reactor.h"
-#include "server/session/endpoint.h"
+#include "server/service/device_manager.h"
 #include "server/version.h"
 
 namespace {
 
 using namespace vfu;
 
-// mkdir -p for the parent directories of a device socket, owned like the socket.
-Status PrepareSocketDirectory(const std::string& socket_path, const config::SocketOwner& owner) {
-  std::string dir = socket_path.substr(0, socket_path.rfind('/'));
-  std::string partial;
-  size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = dir.find('/', pos + 1);
-    partial = dir.substr(0, pos);
-    if (partial.empty()) continue;
-    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
-      return MakeError(errno, "cannot create " + partial + ": " + std::strerror(errno));
-    }
+struct Loaded {
+  std::vector<service::DevicePlan> plans;
+  config::Settings settings;
+  std::string text;  // the file's content, to tell real changes from touch events
+};
+
+Result<Loaded> LoadPlans(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return MakeError(ENOENT, path + ": cannot read: " + std::strerror(errno));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  Loaded loaded;
+  loaded.text = buffer.str();
+  auto cfg = config::ParseServerConfig(loaded.text, path);
+  if (!cfg) return cfg.error();
+  loaded.settings = cfg->settings;
+  for (const auto& d : cfg->devices) {
+    service::DevicePlan plan;
+    plan.spec = d.spec;
+    plan.poll_thread = d.poll_thread;
+    plan.owner =
+        service::SocketOwnership{d.socket_owner.uid, d.socket_owner.gid, d.socket_owner.mode};
+    loaded.plans.push_back(std::move(plan));
   }
-  // The device's own directory (mounted into the VM's pod): only its owner may enter.
-  if (::chmod(dir.c_str(), 0750) != 0 || ::chown(dir.c_str(), owner.uid, owner.gid) != 0) {
-    return MakeError(errno, "cannot set the owner of " + dir + ": " + std::strerror(errno));
+  return loaded;
+}
+
+void LogReport(const service::ApplyReport& r) {
+  auto join = [](const std::vector<std::string>& v) {
+    std::string out;
+    for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+    return out;
+  };
+  Log::Write(r.failed.empty() && r.refused.empty() ? LogLevel::kInfo : LogLevel::kWarn,
+             "configuration applied",
+             {{"added", join(r.added)},
+              {"removed", join(r.removed)},
+              {"removal_deferred", join(r.removal_deferred)},
+              {"recreated", join(r.recreated)},
+              {"refused", join(r.refused)},
+              {"failed", join(r.failed)}});
+}
+
+Status ApplyLogSettings(const std::string& level_text, const std::string& format_text) {
+  LogLevel level;
+  if (!Log::ParseLevel(level_text, &level)) {
+    return MakeError(EINVAL, "log level must be debug, info, warn or error");
   }
+  if (format_text != "json" && format_text != "text") {
+    return MakeError(EINVAL, "log format must be text or json");
+  }
+  Log::SetLevel(level);
+  Log::SetFormat(format_text == "json" ? LogFormat::kJson : LogFormat::kText);
   return Status::Ok();
 }
 
-struct Planned {
-  devices::DeviceSpec spec;
-  unsigned thread = 0;
-  std::optional<config::SocketOwner> owner;  // only from a config file
-};
-
-}  // namespace
-
-namespace {
-
 int Main(int argc, char** argv) {
-  CLI::App app{"vfio-user-server: serves emulated PCI devices to VMs over vfio-user"};
+  CLI::App app{
+      "vfio-user-server: serves emulated PCI devices to VMs over vfio-user, one unix socket per "
+      "device. SIGHUP or a change of the --config file reloads it; SIGTERM stops gracefully."};
   std::string config_path;
   std::vector<std::string> device_texts;
+  std::string control_socket;
   std::string log_level;
   std::string log_format;
+  unsigned poll_threads_flag = 0;
+  bool check_only = false;
   bool show_version = false;
   std::string classes;
   for (const auto& c : devices::KnownDeviceClasses()) classes += (classes.empty() ? "" : ", ") + c;
@@ -79,8 +116,14 @@ int Main(int argc, char** argv) {
                      ". virtio-blk keys: backend=file|ram|null, path=, size=, queues=, "
                      "queue-size=, poll=busy|adaptive|interrupt, readonly=on, serial=, "
                      "aio=auto|io_uring|threads");
+  app.add_option("--control-socket", control_socket,
+                 "serve the control API (gRPC) on this unix socket; default with --config: "
+                 "settings.controlSocket, with --device: none");
+  app.add_option("--poll-threads", poll_threads_flag,
+                 "poll threads for --device (default 1; --config uses settings.pollThreads)");
   app.add_option("--log-level", log_level, "debug, info, warn or error (default info)");
   app.add_option("--log-format", log_format, "text or json (default text)");
+  app.add_flag("--check", check_only, "check the --config file and exit (0 when valid)");
   app.add_flag("--version", show_version, "print the version and exit");
   CLI11_PARSE(app, argc, argv);
 
@@ -94,19 +137,32 @@ int Main(int argc, char** argv) {
   }
 
   // What to serve, checked completely before anything starts.
-  std::vector<Planned> planned;
-  unsigned poll_threads = 1;
+  std::vector<service::DevicePlan> plans;
+  unsigned poll_threads = poll_threads_flag == 0 ? 1 : poll_threads_flag;
+  std::string loaded_text;
+  config::Settings settings;
   if (!config_path.empty()) {
-    auto cfg = config::LoadServerConfig(config_path);
-    if (!cfg) {
-      std::fprintf(stderr, "error: %s\n", cfg.error().message.c_str());
+    auto loaded = LoadPlans(config_path);
+    if (!loaded) {
+      std::fprintf(stderr, "error: %s\n", loaded.error().message.c_str());
       return 2;
     }
-    if (log_level.empty()) log_level = cfg->settings.log_level;
-    if (log_format.empty()) log_format = cfg->settings.log_format;
-    poll_threads = cfg->settings.poll_threads;
-    for (const auto& d : cfg->devices) planned.push_back({d.spec, d.poll_thread, d.socket_owner});
+    if (check_only) {
+      std::printf("%s: valid (%zu devices)\n", config_path.c_str(), loaded->plans.size());
+      return 0;
+    }
+    settings = loaded->settings;
+    if (log_level.empty()) log_level = settings.log_level;
+    if (log_format.empty()) log_format = settings.log_format;
+    if (poll_threads_flag == 0) poll_threads = settings.poll_threads;
+    if (control_socket.empty()) control_socket = settings.control_socket;
+    plans = std::move(loaded->plans);
+    loaded_text = std::move(loaded->text);
   } else {
+    if (check_only) {
+      std::fprintf(stderr, "error: --check needs --config\n");
+      return 2;
+    }
     for (const std::string& text : device_texts) {
       auto spec = devices::ParseDeviceSpec(text);
       if (!spec) {
@@ -114,99 +170,146 @@ int Main(int argc, char** argv) {
                      spec.error().message.c_str());
         return 2;
       }
-      for (const auto& other : planned) {
+      for (const auto& other : plans) {
         if (other.spec.id == spec->id || other.spec.socket == spec->socket) {
           std::fprintf(stderr, "error: duplicate device id or socket in '%s'\n", text.c_str());
           return 2;
         }
       }
-      planned.push_back({std::move(*spec), 0, std::nullopt});
+      service::DevicePlan plan;
+      plan.spec = std::move(*spec);
+      // Spread quick-form devices over the poll threads.
+      plan.poll_thread = static_cast<unsigned>(plans.size() % poll_threads);
+      plans.push_back(std::move(plan));
+    }
+    if (plans.empty()) {
+      std::fprintf(stderr,
+                   "error: no devices; give --config FILE or at least one --device (see --help)\n");
+      return 2;
     }
   }
   if (log_level.empty()) log_level = "info";
   if (log_format.empty()) log_format = "text";
-  LogLevel level;
-  if (!Log::ParseLevel(log_level, &level)) {
-    std::fprintf(stderr, "error: --log-level must be debug, info, warn or error\n");
+  if (Status s = ApplyLogSettings(log_level, log_format); !s.ok()) {
+    std::fprintf(stderr, "error: %s\n", s.message().c_str());
     return 2;
   }
-  Log::SetLevel(level);
-  if (log_format == "json") {
-    Log::SetFormat(LogFormat::kJson);
-  } else if (log_format != "text") {
-    std::fprintf(stderr, "error: --log-format must be text or json\n");
-    return 2;
-  }
-  if (planned.empty()) {
-    std::fprintf(stderr,
-                 "error: no devices; give --config FILE or at least one --device (see --help)\n");
-    return 2;
+  // Devices that cannot be created are a start-up error for the quick form (nothing starts),
+  // and a device-level health problem for a config file (the rest serve; it is retried).
+  if (config_path.empty()) {
+    for (const auto& plan : plans) {
+      auto device = devices::CreateDevice(plan.spec);
+      if (!device) {
+        Log::Write(LogLevel::kError, "cannot create device",
+                   {{"device", plan.spec.id}, {"error", device.error().message}});
+        return 1;
+      }
+    }
   }
 
-  // Signals arrive as events on the first reactor, not as asynchronous handlers.
+  // Signals arrive as events on the main thread's reactor, not as asynchronous handlers.
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
   sigprocmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
   UniqueFd signal_fd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
-  std::vector<std::unique_ptr<Reactor>> reactors;
-  for (unsigned i = 0; i < poll_threads; ++i) reactors.push_back(std::make_unique<Reactor>());
-  std::vector<std::unique_ptr<VfioDevice>> devices_owned;
-  std::vector<std::unique_ptr<DeviceEndpoint>> endpoints;
-  auto fail = [&](const char* what, const Planned& p, const std::string& error) {
-    Log::Write(LogLevel::kError, what,
-               {{"device", p.spec.id}, {"socket", p.spec.socket}, {"error", error}});
-    endpoints.clear();
+  service::DeviceManager::Options manager_options;
+  manager_options.poll_threads = poll_threads;
+  service::DeviceManager manager(manager_options);
+  service::ApplyReport first = manager.Apply(plans);
+  if (config_path.empty() && !first.failed.empty()) {
+    Log::Write(LogLevel::kError, "cannot start", {{"error", first.failed.front()}});
     return 1;
-  };
-  for (const Planned& p : planned) {
-    auto device = devices::CreateDevice(p.spec);
-    if (!device) return fail("cannot create device", p, device.error().message);
-    devices_owned.push_back(std::move(*device));
   }
-  for (size_t i = 0; i < planned.size(); ++i) {
-    const Planned& p = planned[i];
-    if (p.owner) {
-      Status s = PrepareSocketDirectory(p.spec.socket, *p.owner);
-      if (!s.ok()) return fail("cannot prepare the socket directory", p, s.message());
+  control::ControlServer control_server(&manager);
+  if (!control_socket.empty()) {
+    if (Status s = control_server.Start(control_socket); !s.ok()) {
+      Log::Write(LogLevel::kError, "cannot start the control API", {{"error", s.message()}});
+      return 1;
     }
-    auto endpoint = std::make_unique<DeviceEndpoint>(
-        p.spec.id, p.spec.socket, devices_owned[i].get(), reactors[p.thread].get());
-    if (p.owner) endpoint->SetSocketOwner(p.owner->uid, p.owner->gid, p.owner->mode);
-    Status s = endpoint->Start();
-    if (!s.ok()) return fail("cannot listen", p, s.message());
-    endpoints.push_back(std::move(endpoint));
   }
 
-  Reactor& main_reactor = *reactors[0];
+  Reactor main_reactor;
+  auto reload = [&](const char* why) {
+    auto loaded = LoadPlans(config_path);
+    if (!loaded) {
+      Log::Write(LogLevel::kError, "reload failed; the running configuration is unchanged",
+                 {{"trigger", why}, {"error", loaded.error().message}});
+      return;
+    }
+    if (loaded->text == loaded_text && std::string(why) == "file change") return;
+    const config::Settings& next = loaded->settings;
+    std::string fixed;
+    if (next.poll_threads != settings.poll_threads) fixed = "settings.pollThreads";
+    if (next.control_socket != settings.control_socket) fixed = "settings.controlSocket";
+    if (!fixed.empty()) {
+      Log::Write(LogLevel::kError,
+                 "reload refused: " + fixed + " changed and needs a restart; nothing applied",
+                 {{"trigger", why}});
+      return;
+    }
+    if (Status s = ApplyLogSettings(next.log_level, next.log_format); !s.ok()) {
+      Log::Write(LogLevel::kError, "reload: bad log settings", {{"error", s.message()}});
+    }
+    Log::Write(LogLevel::kInfo, "reloading the configuration",
+               {{"trigger", why}, {"file", config_path}});
+    loaded_text = loaded->text;
+    settings = next;
+    LogReport(manager.Apply(loaded->plans));
+  };
+
   (void)main_reactor.Add(signal_fd.get(), EPOLLIN, [&](uint32_t) {
     signalfd_siginfo info{};
-    if (::read(signal_fd.get(), &info, sizeof(info)) == sizeof(info)) {
+    while (::read(signal_fd.get(), &info, sizeof(info)) == sizeof(info)) {
+      if (info.ssi_signo == SIGHUP) {
+        if (config_path.empty()) {
+          Log::Write(LogLevel::kInfo, "SIGHUP ignored: no --config file to reload");
+        } else {
+          reload("SIGHUP");
+        }
+        continue;
+      }
       Log::Write(LogLevel::kInfo, "shutting down",
                  {{"signal", strsignal(static_cast<int>(info.ssi_signo))}});
+      main_reactor.Stop();
     }
-    for (auto& r : reactors) r->Stop();
   });
-  std::vector<std::thread> threads;
-  for (size_t i = 1; i < reactors.size(); ++i) {
-    threads.emplace_back([r = reactors[i].get()] { r->Run(); });
+
+  // A change of the config file (or of the directory entry a Kubernetes ConfigMap swaps) reloads.
+  UniqueFd inotify_fd;
+  if (!config_path.empty()) {
+    inotify_fd = UniqueFd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+    std::string dir = config_path.find('/') == std::string::npos
+                          ? std::string(".")
+                          : config_path.substr(0, config_path.rfind('/'));
+    if (dir.empty()) dir = "/";
+    if (!inotify_fd.valid() || ::inotify_add_watch(inotify_fd.get(), dir.c_str(),
+                                                   IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
+      Log::Write(LogLevel::kWarn, "cannot watch the config file; reload with SIGHUP",
+                 {{"error", std::strerror(errno)}});
+    } else {
+      (void)main_reactor.Add(inotify_fd.get(), EPOLLIN, [&](uint32_t) {
+        alignas(inotify_event) char buffer[4096];
+        while (::read(inotify_fd.get(), buffer, sizeof(buffer)) > 0) {
+        }
+        reload("file change");
+      });
+    }
   }
+
   Log::Write(LogLevel::kInfo, "vfio-user-server ready",
              {{"version", kVersion},
-              {"devices", std::to_string(endpoints.size())},
-              {"poll_threads", std::to_string(reactors.size())}});
+              {"devices", std::to_string(plans.size())},
+              {"poll_threads", std::to_string(poll_threads)},
+              {"control_socket", control_socket}});
   main_reactor.Run();
-  for (auto& t : threads) t.join();
-  main_reactor.Remove(signal_fd.get());
+  control_server.Shutdown();
   // Ends sessions (in-flight I/O completes first), removes sockets, then the devices go.
-  endpoints.clear();
-  for (const Planned& p : planned) {
-    if (p.owner) ::rmdir(p.spec.socket.substr(0, p.spec.socket.rfind('/')).c_str());
-  }
-  devices_owned.clear();
+  manager.Shutdown();
   Log::Write(LogLevel::kInfo, "stopped");
   return 0;
 }

@@ -194,6 +194,13 @@ class FileBackendBase : public Backend {
     if (::fstat(fd_.get(), &st) != 0) return std::string("fstat failed: ") + std::strerror(errno);
     if (S_ISREG(st.st_mode) && st.st_nlink == 0)
       return "backing file " + options_.path + " was deleted";
+    // The path must still name the file in use: a moved-away or replaced file means the
+    // device no longer serves what its configuration says.
+    struct stat at_path {};
+    if (::stat(options_.path.c_str(), &at_path) != 0)
+      return "backing file " + options_.path + " is missing: " + std::strerror(errno);
+    if (at_path.st_dev != st.st_dev || at_path.st_ino != st.st_ino)
+      return "backing file " + options_.path + " was replaced; the device still uses the old one";
     return {};
   }
 

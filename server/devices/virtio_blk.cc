@@ -50,6 +50,8 @@ void SliceSegments(const std::vector<iovec>& segs, uint64_t skip, uint64_t len,
 
 VirtioBlkDevice::VirtioBlkDevice(std::unique_ptr<block::Backend> backend, VirtioBlkOptions options)
     : backend_(std::move(backend)), options_(std::move(options)) {
+  const char* names[] = {"read", "write", "flush", "discard", "write_zeroes", "get_id", "other"};
+  for (size_t i = 0; i < op_counters_.size(); ++i) op_counters_[i].name = names[i];
   if (backend_->read_only()) options_.read_only = true;
   config_.capacity = backend_->size() / kSectorSize;
   config_.seg_max = options_.seg_max;
@@ -180,6 +182,7 @@ size_t VirtioBlkDevice::DrainQueue(uint16_t index) {
       return started + 1;
     }
     if (!*popped) break;
+    if (started == 0) now_ns_ = MonotonicNowNs();
     ++started;
     StartRequest(index, chain_);
     if (context_ == nullptr) break;
@@ -198,7 +201,63 @@ void VirtioBlkDevice::Complete(uint16_t queue, uint16_t head, uint8_t* status, u
   interrupt_pending_[queue] = true;
 }
 
+void VirtioBlkDevice::CountRequest(uint32_t type, uint8_t status, uint64_t bytes,
+                                   uint64_t latency_ns) {
+  size_t index = 6;
+  switch (type) {
+    case kBlkTypeIn:
+      index = 0;
+      break;
+    case kBlkTypeOut:
+      index = 1;
+      break;
+    case kBlkTypeFlush:
+      index = 2;
+      break;
+    case kBlkTypeDiscard:
+      index = 3;
+      break;
+    case kBlkTypeWriteZeroes:
+      index = 4;
+      break;
+    case kBlkTypeGetId:
+      index = 5;
+      break;
+    default:
+      break;
+  }
+  OperationCounters& c = op_counters_[index];
+  ++c.requests;
+  if (status == kBlkStatusOk) {
+    c.bytes += bytes;
+  } else {
+    ++c.errors;
+  }
+  c.latency.Observe(latency_ns);
+}
+
+std::string VirtioBlkDevice::health_error() const {
+  std::string backend_error = backend_->health_error();
+  if (!backend_error.empty()) return backend_error;
+  if (consecutive_backend_errors_ >= kBlkUnhealthyAfterConsecutiveErrors) {
+    return "repeated I/O errors: the last " + std::to_string(consecutive_backend_errors_) +
+           " backend requests failed (" + std::strerror(-last_backend_error_) + ")";
+  }
+  return {};
+}
+
+void VirtioBlkDevice::CollectCounters(DeviceCounters* out) const {
+  out->operations.insert(out->operations.end(), op_counters_.begin(), op_counters_.end());
+}
+
 void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chain) {
+  // Requests that end here (malformed, GET_ID, nothing to transfer) are counted at once.
+  uint32_t counted_type = kBlkTypeUnparsed;
+  auto CompleteNow = [&](uint16_t q, uint16_t head, uint8_t* status_byte, uint8_t value,
+                         uint32_t written) {
+    CountRequest(counted_type, value, counted_type == kBlkTypeGetId ? written - 1 : 0, 0);
+    Complete(q, head, status_byte, value, written);
+  };
   // The status byte is the last device-writable byte of the chain.
   uint8_t* status = nullptr;
   if (chain.writable_bytes > 0 && !chain.writable.empty()) {
@@ -206,14 +265,16 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
     if (last.iov_len > 0) status = static_cast<uint8_t*>(last.iov_base) + last.iov_len - 1;
   }
   if (!chain.buffer_error.ok() || status == nullptr) {
-    Complete(queue, chain.head, status, kBlkStatusIoErr, status != nullptr ? 1 : 0);
+    CompleteNow(queue, chain.head, status, kBlkStatusIoErr, status != nullptr ? 1 : 0);
     return;
   }
   BlkRequestHeader header{};
+  header.type = kBlkTypeUnparsed;
   if (!CopyFromSegments(chain.readable, 0, {reinterpret_cast<uint8_t*>(&header), sizeof(header)})) {
-    Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+    CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
     return;
   }
+  counted_type = header.type;
   uint64_t capacity_bytes = config_.capacity * kSectorSize;
   uint64_t data_in = chain.writable_bytes - 1;                // excluding the status byte
   uint64_t data_out = chain.readable_bytes - sizeof(header);  // after the header
@@ -227,12 +288,12 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
       bool in = header.type == kBlkTypeIn;
       uint64_t len = in ? data_in : data_out;
       if (!in && options_.read_only) {
-        Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+        CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
         return;
       }
       if (len % kSectorSize != 0 || header.sector > capacity_bytes / kSectorSize ||
           len > capacity_bytes - header.sector * kSectorSize) {
-        Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+        CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
         return;
       }
       if (in) {
@@ -246,7 +307,7 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
       slot_state.written = in ? static_cast<uint32_t>(len + 1) : 1;
       slot_state.bytes = len;
       if (len == 0) {  // nothing to transfer
-        Complete(queue, chain.head, status, kBlkStatusOk, 1);
+        CompleteNow(queue, chain.head, status, kBlkStatusOk, 1);
         return;
       }
       break;
@@ -268,7 +329,7 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
         at += v.iov_len;
       }
       ++stats_.get_ids;
-      Complete(queue, chain.head, status, kBlkStatusOk, static_cast<uint32_t>(n + 1));
+      CompleteNow(queue, chain.head, status, kBlkStatusOk, static_cast<uint32_t>(n + 1));
       return;
     }
     case kBlkTypeDiscard:
@@ -279,16 +340,16 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
           !CopyFromSegments(chain.readable, sizeof(header),
                             {reinterpret_cast<uint8_t*>(&seg), sizeof(seg)})) {
         // We advertise one segment per request.
-        Complete(queue, chain.head, status, kBlkStatusUnsupported, 1);
+        CompleteNow(queue, chain.head, status, kBlkStatusUnsupported, 1);
         return;
       }
       if ((seg.flags & ~1u) != 0 || (discard && (seg.flags & 1u))) {
-        Complete(queue, chain.head, status, kBlkStatusUnsupported, 1);
+        CompleteNow(queue, chain.head, status, kBlkStatusUnsupported, 1);
         return;
       }
       if (options_.read_only || seg.sector > config_.capacity ||
           seg.num_sectors > config_.capacity - seg.sector) {
-        Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+        CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
         return;
       }
       request.op = discard ? block::Op::kDiscard : block::Op::kWriteZeroes;
@@ -296,19 +357,19 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
       request.length = uint64_t{seg.num_sectors} * kSectorSize;
       slot_state.written = 1;
       if (request.length == 0) {
-        Complete(queue, chain.head, status, kBlkStatusOk, 1);
+        CompleteNow(queue, chain.head, status, kBlkStatusOk, 1);
         return;
       }
       break;
     }
     default:
-      Complete(queue, chain.head, status, kBlkStatusUnsupported, 1);
+      CompleteNow(queue, chain.head, status, kBlkStatusUnsupported, 1);
       return;
   }
 
   int slot = AllocateSlot();
   if (slot < 0) {  // cannot happen: DrainQueue checks for a free slot first
-    Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+    CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
     return;
   }
   Inflight& s = slots_[slot];
@@ -322,6 +383,7 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
   s.head = chain.head;
   s.status = status;
   s.type = header.type;
+  s.started_ns = now_ns_;
   request.iov = s.data.data();
   request.iovcnt = static_cast<int>(s.data.size());
   request.tag = static_cast<uint64_t>(slot);
@@ -332,7 +394,7 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
     s.used = false;
     s.data.clear();
     free_slots_.push_back(slot);
-    Complete(queue, chain.head, status, kBlkStatusIoErr, 1);
+    CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
     return;
   }
   ++inflight_count_;
@@ -341,9 +403,18 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
 size_t VirtioBlkDevice::ReapCompletions() {
   completions_.clear();
   size_t n = backend_->Reap(&completions_);
+  uint64_t now = n > 0 ? MonotonicNowNs() : 0;
   for (const block::Completion& c : completions_) {
     Inflight& s = slots_[c.tag];
     bool ok = c.result == 0;
+    CountRequest(s.type, ok ? kBlkStatusOk : kBlkStatusIoErr, s.bytes,
+                 now > s.started_ns ? now - s.started_ns : 0);
+    if (ok) {
+      consecutive_backend_errors_ = 0;
+    } else {
+      ++consecutive_backend_errors_;
+      last_backend_error_ = c.result;
+    }
     if (ok) {
       switch (s.type) {
         case kBlkTypeIn:

@@ -9,6 +9,8 @@
 // ring sets DEVICE_NEEDS_RESET. Never reads or writes outside mapped guest memory.
 #pragma once
 
+#include <array>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -35,6 +37,7 @@ inline constexpr uint32_t kBlkTypeFlush = 4;
 inline constexpr uint32_t kBlkTypeGetId = 8;
 inline constexpr uint32_t kBlkTypeDiscard = 11;
 inline constexpr uint32_t kBlkTypeWriteZeroes = 13;
+inline constexpr uint32_t kBlkTypeUnparsed = 0xffffffffu;  // header unreadable (for counters)
 inline constexpr uint8_t kBlkStatusOk = 0;
 inline constexpr uint8_t kBlkStatusIoErr = 1;
 inline constexpr uint8_t kBlkStatusUnsupported = 2;
@@ -89,6 +92,10 @@ struct VirtioBlkOptions {
   uint32_t seg_max = 254;
 };
 
+// After this many backend failures in a row the device reports itself unhealthy; one success
+// makes it healthy again.
+inline constexpr uint64_t kBlkUnhealthyAfterConsecutiveErrors = 8;
+
 struct BlkStats {
   uint64_t reads = 0, writes = 0, flushes = 0, discards = 0, write_zeroes = 0, get_ids = 0;
   uint64_t read_bytes = 0, write_bytes = 0;
@@ -114,7 +121,8 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
   void DrainInflight() override;
   size_t inflight() const override { return inflight_count_; }
   int event_fd() const override { return backend_->event_fd(); }
-  std::string health_error() const override { return backend_->health_error(); }
+  std::string health_error() const override;
+  void CollectCounters(DeviceCounters* out) const override;
 
   const BlkStats& stats() const { return stats_; }
   block::Backend* backend() { return backend_.get(); }
@@ -128,6 +136,7 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
     uint32_t written = 0;       // bytes written into the chain on success (data + status)
     uint32_t type = 0;
     uint64_t bytes = 0;
+    uint64_t started_ns = 0;
     std::vector<iovec> data;  // the guest buffers the backend reads or writes
   };
 
@@ -137,6 +146,8 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
   // backend.
   void StartRequest(uint16_t queue, virtio::DescriptorChain& chain);
   void Complete(uint16_t queue, uint16_t head, uint8_t* status, uint8_t value, uint32_t written);
+  // Counts a finished request of `type` (a virtio-blk request type) in the operation counters.
+  void CountRequest(uint32_t type, uint8_t status, uint64_t bytes, uint64_t latency_ns);
   size_t ReapCompletions();
   void WaitForInflight();
   int AllocateSlot();
@@ -154,6 +165,11 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
   std::vector<bool> interrupt_pending_;
   std::vector<BlkDiscardSegment> segments_;
   BlkStats stats_;
+  // Per operation: read, write, flush, discard, write_zeroes, get_id, other.
+  std::array<OperationCounters, 7> op_counters_;
+  uint64_t now_ns_ = 0;  // taken once per batch of started requests
+  uint64_t consecutive_backend_errors_ = 0;
+  int last_backend_error_ = 0;
 };
 
 }  // namespace vfu::devices

@@ -122,9 +122,11 @@ bool Reactor::RunPollers() {
     PollerStats& s = pollers_[i].stats;
     if (r == PollResult::kBusy) {
       busy = true;
+      stats_.busy_ns += elapsed;
       s.busy_ns += elapsed;
       ++s.busy_polls;
     } else {
+      stats_.idle_poll_ns += elapsed;
       s.idle_ns += elapsed;
       ++s.idle_polls;
     }
@@ -146,7 +148,9 @@ bool Reactor::PollersAgreeToSleep() {
 int Reactor::DispatchEvents(int timeout_ms) {
   constexpr int kMaxEvents = 64;
   epoll_event events[kMaxEvents];
+  uint64_t wait_start = timeout_ms != 0 ? NowNs() : 0;
   int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, timeout_ms);
+  if (timeout_ms != 0) stats_.asleep_ns += NowNs() - wait_start;
   if (n < 0) return 0;
   for (int i = 0; i < n; ++i) {
     uint64_t token = events[i].data.u64;

@@ -48,6 +48,14 @@ struct PollerStats {
   uint64_t idle_polls = 0;
 };
 
+// Thread-level time accounting: polling that found work, polling that found none, and sleep.
+struct ReactorStats {
+  uint64_t busy_ns = 0;
+  uint64_t idle_poll_ns = 0;
+  uint64_t asleep_ns = 0;
+  uint64_t sleeps = 0;
+};
+
 class Reactor {
  public:
   using FdHandler = std::function<void(uint32_t events)>;
@@ -86,6 +94,12 @@ class Reactor {
 
   void set_options(Options options) { options_ = options; }
   uint64_t sleeps() const { return sleeps_; }
+  // Read on the reactor thread (e.g. from a posted task).
+  ReactorStats stats() const {
+    ReactorStats s = stats_;
+    s.sleeps = sleeps_;
+    return s;
+  }
 
  private:
   struct Watch {
@@ -118,6 +132,7 @@ class Reactor {
   std::chrono::steady_clock::time_point last_fd_check_{};
   bool idle_ = false;
   uint64_t sleeps_ = 0;
+  ReactorStats stats_;
 };
 
 }  // namespace vfu

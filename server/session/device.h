@@ -14,6 +14,7 @@
 #include <span>
 #include <vector>
 
+#include "server/common/stats.h"
 #include "server/common/status.h"
 #include "server/protocol/wire.h"
 
@@ -97,6 +98,11 @@ class VfioDevice {
   // reactor (e.g. backend I/O completions).
   virtual Poller* poller() { return nullptr; }
   virtual int wake_fd() const { return -1; }
+  // Why the device cannot serve right now (backend failure, repeated I/O errors); empty while
+  // it can. Called on the device's poll thread.
+  virtual std::string health_error() const { return {}; }
+  // Adds the device's counters to *out (on the device's poll thread).
+  virtual void CollectCounters(DeviceCounters* out) const { (void)out; }
   // An IRQ's mask state changed (e.g. MSI-X vector unmasked via SET_IRQS).
   virtual void OnIrqMaskChanged(uint32_t index, uint32_t vector, bool masked) {
     (void)index;

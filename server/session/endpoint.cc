@@ -75,10 +75,17 @@ void DeviceEndpoint::OnAccept() {
     }
     ++client_counter_;
     ++stats_.connects;
+    int fd = conn->fd();
+    ucred peer{};
+    socklen_t peer_len = sizeof(peer);
+    client_description_ = "client " + std::to_string(client_counter_);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) == 0) {
+      client_description_ += " (pid " + std::to_string(peer.pid) + ", uid " +
+                             std::to_string(peer.uid) + ")";
+    }
     LogContext session_log(log_.fields());
     session_log.Set("client", std::to_string(client_counter_));
-    session_log.Info("client connected");
-    int fd = conn->fd();
+    session_log.Info("client connected", {{"peer", client_description_}});
     session_ = std::make_unique<Session>(std::move(*conn), device_, options_, session_log);
     session_events_ = EPOLLIN | EPOLLRDHUP;
     Status s =
@@ -122,7 +129,9 @@ void DeviceEndpoint::EndSession() {
                         {"errors", std::to_string(s.errors)},
                         {"dma_maps_released", std::to_string(session_->dma_maps().size())},
                         {"irq_fds_released", std::to_string(session_->irqs().eventfd_count())}});
+  stats_.protocol_errors += s.errors;
   session_.reset();
+  client_description_.clear();
   ++stats_.disconnects;
 }
 

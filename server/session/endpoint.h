@@ -24,6 +24,7 @@ struct EndpointStats {
   uint64_t connects = 0;
   uint64_t disconnects = 0;
   uint64_t rejected_clients = 0;
+  uint64_t protocol_errors = 0;  // requests answered with an error, by sessions that ended
 };
 
 class DeviceEndpoint {
@@ -48,6 +49,9 @@ class DeviceEndpoint {
   bool client_connected() const { return session_ != nullptr; }
   const Session* session() const { return session_.get(); }
   const EndpointStats& stats() const { return stats_; }
+  // "client 3 (pid 1234, uid 107)" while a client is connected.
+  const std::string& client_description() const { return client_description_; }
+  VfioDevice* device() const { return device_; }
 
  private:
   void OnAccept();
@@ -72,6 +76,7 @@ class DeviceEndpoint {
   std::unique_ptr<Session> session_;
   uint32_t session_events_ = 0;  // what the session's fd is registered for
   uint64_t client_counter_ = 0;
+  std::string client_description_;
   EndpointStats stats_;
 };
 

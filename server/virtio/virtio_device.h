@@ -79,6 +79,8 @@ class VirtioDevice {
   virtual int event_fd() const { return -1; }
   // Why the device cannot serve, if it cannot (backend failure); empty when healthy.
   virtual std::string health_error() const { return {}; }
+  // Adds request counters (see server/common/stats.h).
+  virtual void CollectCounters(DeviceCounters* out) const { (void)out; }
 };
 
 }  // namespace vfu::virtio

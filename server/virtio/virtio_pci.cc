@@ -505,4 +505,9 @@ std::chrono::microseconds VirtioPciDevice::IdleThreshold() const {
   return kDefaultIdleThreshold;
 }
 
+void VirtioPciDevice::CollectCounters(DeviceCounters* out) const {
+  device_->CollectCounters(out);
+  out->interrupts += stats_.interrupts;
+}
+
 }  // namespace vfu::virtio

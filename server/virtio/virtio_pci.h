@@ -89,6 +89,8 @@ class VirtioPciDevice : public pci::PciDevice, public Poller, public VirtioConte
   void OnDmaRangeRemoved(uint64_t iova, uint64_t size) override;
   Poller* poller() override { return this; }
   int wake_fd() const override { return device_->event_fd(); }
+  std::string health_error() const override { return device_->health_error(); }
+  void CollectCounters(DeviceCounters* out) const override;
 
   // Poller
   PollResult Poll() override;
