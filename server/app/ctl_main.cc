@@ -1,5 +1,7 @@
 // vfio-user-ctl: inspects vfio-user devices from a shell.
 //
+//   vfio-user-ctl list           devices of a server, from its control socket (--watch: follow)
+//   vfio-user-ctl stats [ID]     per-device counters from the control socket
 //   vfio-user-ctl info SOCKET    device, regions, IRQs and PCI identity, read over vfio-user
 //   vfio-user-ctl bench SOCKET   drives a virtio-blk device with the userspace driver and
 //                                reports IOPS, bandwidth and latency percentiles
@@ -11,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "server/app/ctl_info.h"
 #include "server/client/client.h"
+#include "server/app/ctl_control.h"
 #include "server/client/virtio_blk_driver.h"
 #include "server/pci/config_space.h"
 #include "server/version.h"
@@ -20,66 +24,13 @@ namespace {
 
 using namespace vfu;
 
-const char* RegionName(uint32_t index) {
-  static const char* kNames[] = {"BAR0", "BAR1", "BAR2",   "BAR3", "BAR4",
-                                 "BAR5", "ROM",  "CONFIG", "VGA"};
-  return index < 9 ? kNames[index] : "EXTRA";
-}
-
-const char* IrqName(uint32_t index) {
-  static const char* kNames[] = {"INTx", "MSI", "MSI-X", "ERR", "REQ"};
-  return index < 5 ? kNames[index] : "EXTRA";
-}
-
 int Info(const std::string& socket) {
   auto client = client::Client::Connect(socket);
   if (!client) {
     std::fprintf(stderr, "error: %s\n", client.error().message.c_str());
     return 1;
   }
-  client::Client& c = **client;
-  auto info = c.GetDeviceInfo();
-  if (!info) {
-    std::fprintf(stderr, "error: %s\n", info.error().message.c_str());
-    return 1;
-  }
-  uint8_t cfg[64] = {};
-  auto cfg_status = c.RegionRead(wire::kPciConfigRegionIndex, 0, cfg);
-  if (cfg_status.ok()) {
-    auto u16 = [&](int off) { return cfg[off] | (cfg[off + 1] << 8); };
-    std::printf("%04x:%04x (rev %02x) class %02x%02x%02x subsystem %04x:%04x\n", u16(0), u16(2),
-                cfg[8], cfg[11], cfg[10], cfg[9], u16(0x2c), u16(0x2e));
-  }
-  std::printf("flags:%s%s  regions: %u  irq indexes: %u\n",
-              (info->flags & wire::kDeviceFlagPci) ? " PCI" : "",
-              (info->flags & wire::kDeviceFlagReset) ? " RESET" : "", info->num_regions,
-              info->num_irqs);
-  for (uint32_t i = 0; i < info->num_regions; ++i) {
-    auto r = c.GetRegionInfo(i);
-    if (!r) {
-      std::printf("  region %u (%s): error: %s\n", i, RegionName(i), r.error().message.c_str());
-      continue;
-    }
-    if (r->info.size == 0) continue;
-    std::printf("  region %u (%s): size %llu%s%s%s\n", i, RegionName(i),
-                static_cast<unsigned long long>(r->info.size),
-                (r->info.flags & wire::kRegionFlagRead) ? " read" : "",
-                (r->info.flags & wire::kRegionFlagWrite) ? " write" : "",
-                (r->info.flags & wire::kRegionFlagMmap) ? " mmap" : "");
-    for (const auto& a : r->sparse_areas) {
-      std::printf("      mmappable [0x%llx, +0x%llx)\n", static_cast<unsigned long long>(a.offset),
-                  static_cast<unsigned long long>(a.size));
-    }
-  }
-  for (uint32_t i = 0; i < info->num_irqs; ++i) {
-    auto irq = c.GetIrqInfo(i);
-    if (!irq || irq->count == 0) continue;
-    std::printf("  irq %u (%s): %u vector(s)%s%s%s\n", i, IrqName(i), irq->count,
-                (irq->flags & wire::kIrqInfoEventfd) ? " eventfd" : "",
-                (irq->flags & wire::kIrqInfoMaskable) ? " maskable" : "",
-                (irq->flags & wire::kIrqInfoAutomasked) ? " automasked" : "");
-  }
-  return 0;
+  return ctl::PrintDeviceInfo(**client, stdout);
 }
 
 struct BenchOptions {
@@ -232,6 +183,22 @@ int Main(int argc, char** argv) {
   bench_cmd->add_option("--duration", bench.seconds, "seconds to run")->capture_default_str();
   bench_cmd->add_option("--span", bench.span_bytes, "bytes of the disk to use (0: all)")
       ->capture_default_str();
+  std::string control_socket = "/var/run/vfio-user/control.sock";
+  ControlOptions control;
+  auto* list_cmd = app.add_subcommand("list", "list a server's devices (control API)");
+  list_cmd->add_option("--control-socket", control_socket, "the server's control socket")
+      ->capture_default_str();
+  list_cmd->add_option("--output,-o", control.output, "table or json")->capture_default_str();
+  list_cmd->add_flag("--watch,-w", control.watch, "print the list again on every change");
+  list_cmd->add_option("--watch-seconds", control.watch_seconds,
+                       "stop watching after this many seconds (0: until interrupted)")
+      ->capture_default_str();
+  std::string stats_id;
+  auto* stats_cmd = app.add_subcommand("stats", "per-device counters (control API)");
+  stats_cmd->add_option("id", stats_id, "one device (default: all)");
+  stats_cmd->add_option("--control-socket", control_socket, "the server's control socket")
+      ->capture_default_str();
+  stats_cmd->add_option("--output,-o", control.output, "table or json")->capture_default_str();
   if (argc == 2 && std::string(argv[1]) == "--version") {
     std::printf("vfio-user-ctl %s\n", vfu::kVersion);
     return 0;
@@ -239,6 +206,8 @@ int Main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (info->parsed()) return Info(socket);
   if (bench_cmd->parsed()) return Bench(bench_socket, bench);
+  if (list_cmd->parsed()) return ListDevices(control_socket, control);
+  if (stats_cmd->parsed()) return ShowStats(control_socket, stats_id, control);
   return 2;
 }
 

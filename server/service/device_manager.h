@@ -19,6 +19,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -150,6 +151,10 @@ class DeviceManager {
   std::vector<PollThreadSnapshot> PollThreads();
 
   unsigned poll_threads() const { return static_cast<unsigned>(reactors_.size()); }
+  // Runs `task` on a poll thread (diagnostics and tests, e.g. simulating a stall).
+  void PostToPollThread(unsigned thread, std::function<void()> task) {
+    reactors_.at(thread)->Post(std::move(task));
+  }
 
  private:
   struct Managed;

@@ -18,12 +18,18 @@ std::string ServerThread::AddDevice(const std::string& spec_text) {
     ADD_FAILURE() << device.error().message;
     return {};
   }
-  devices_.push_back(std::move(*device));
+  return AddDeviceObject(spec->id, std::move(*device));
+}
+
+std::string ServerThread::AddDeviceObject(const std::string& id,
+                                          std::unique_ptr<VfioDevice> device) {
+  std::string socket = dir_.File(id + ".sock");
+  devices_.push_back(std::move(device));
   endpoints_.push_back(
-      std::make_unique<DeviceEndpoint>(spec->id, spec->socket, devices_.back().get(), &reactor_));
+      std::make_unique<DeviceEndpoint>(id, socket, devices_.back().get(), &reactor_));
   Status s = endpoints_.back()->Start();
   if (!s.ok()) ADD_FAILURE() << s.message();
-  return spec->socket;
+  return socket;
 }
 
 void ServerThread::Start() {

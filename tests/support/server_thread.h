@@ -23,6 +23,8 @@ class ServerThread {
   // Adds a device from a spec without socket= (the socket goes into the temp dir as
   // <id>.sock); returns its socket path, or an empty string with a test failure.
   std::string AddDevice(const std::string& spec_without_socket);
+  // Serves a device built by the test (e.g. over a fault-injecting backend) as <id>.sock.
+  std::string AddDeviceObject(const std::string& id, std::unique_ptr<VfioDevice> device);
   void Start();
   void Stop();
 
