@@ -219,6 +219,7 @@ int Main(int argc, char** argv) {
 
   service::DeviceManager::Options manager_options;
   manager_options.poll_threads = poll_threads;
+  manager_options.thread_cpus = settings.poll_thread_cpus;
   service::DeviceManager manager(manager_options);
   service::ApplyReport first = manager.Apply(plans);
   if (config_path.empty() && !first.failed.empty()) {
@@ -246,6 +247,7 @@ int Main(int argc, char** argv) {
     std::string fixed;
     if (next.poll_threads != settings.poll_threads) fixed = "settings.pollThreads";
     if (next.control_socket != settings.control_socket) fixed = "settings.controlSocket";
+    if (next.poll_thread_cpus != settings.poll_thread_cpus) fixed = "settings.pollThreadCpus";
     if (!fixed.empty()) {
       Log::Write(LogLevel::kError,
                  "reload refused: " + fixed + " changed and needs a restart; nothing applied",

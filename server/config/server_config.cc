@@ -276,7 +276,8 @@ Result<ServerConfig> ParseServerConfig(const std::string& text, const std::strin
       if (!st.IsMap()) return c.At(st, "settings must be a mapping");
       VFU_RETURN_IF_ERROR(c.OnlyKeys(
           st, "settings",
-          {"socketRoot", "controlSocket", "logLevel", "logFormat", "pollThreads", "socketOwner"}));
+          {"socketRoot", "controlSocket", "logLevel", "logFormat", "pollThreads", "pollThreadCpus",
+           "socketOwner"}));
       if (st["socketRoot"]) {
         auto v = c.String(st["socketRoot"], "socketRoot");
         if (!v) return v.error();
@@ -311,6 +312,21 @@ Result<ServerConfig> ParseServerConfig(const std::string& text, const std::strin
         if (!v) return v.error();
         s.poll_threads = static_cast<unsigned>(*v);
       }
+      if (const YAML::Node cpus = st["pollThreadCpus"]) {
+        if (!cpus.IsSequence())
+          return c.At(cpus, "pollThreadCpus must be a list of CPU lists, one per poll thread");
+        if (cpus.size() != s.poll_threads)
+          return c.At(cpus, "pollThreadCpus has " + std::to_string(cpus.size()) +
+                                " entries but pollThreads is " + std::to_string(s.poll_threads) +
+                                " (pollThreads must come first and match)");
+        for (const YAML::Node& entry : cpus) {
+          auto cpu_list = c.String(entry, "pollThreadCpus entry");
+          if (!cpu_list) return cpu_list.error();
+          auto parsed = ParseCpuList(*cpu_list);
+          if (!parsed) return c.At(entry, "pollThreadCpus: " + parsed.error().message);
+          s.poll_thread_cpus.push_back(std::move(*parsed));
+        }
+      }
       if (st["socketOwner"]) {
         auto o = c.Owner(st["socketOwner"], s.socket_owner);
         if (!o) return o.error();
@@ -335,6 +351,37 @@ Result<ServerConfig> ParseServerConfig(const std::string& text, const std::strin
   } catch (const YAML::Exception& e) {
     return c.AtLine(e.mark.line + 1, e.msg);
   }
+}
+
+Result<std::vector<int>> ParseCpuList(const std::string& text) {
+  std::vector<int> cpus;
+  size_t pos = 0;
+  auto number = [&](int* out) {
+    size_t start = pos;
+    long value = 0;
+    while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9' && pos - start < 5) {
+      value = value * 10 + (text[pos] - '0');
+      ++pos;
+    }
+    *out = static_cast<int>(value);
+    return pos > start && value < kMaxCpus;
+  };
+  while (pos < text.size()) {
+    int first = 0;
+    int last = 0;
+    if (!number(&first)) break;
+    last = first;
+    if (pos < text.size() && text[pos] == '-') {
+      ++pos;
+      if (!number(&last) || last < first) break;
+    }
+    for (int cpu = first; cpu <= last; ++cpu) cpus.push_back(cpu);
+    if (pos == text.size()) return cpus;
+    if (text[pos] != ',') break;
+    ++pos;
+  }
+  return MakeError(EINVAL, "'" + text + "' is not a CPU list like \"2\", \"0-3\" or \"1,5-6\" (CPUs below " +
+                               std::to_string(kMaxCpus) + ")");
 }
 
 Result<ServerConfig> LoadServerConfig(const std::string& path) {

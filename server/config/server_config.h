@@ -10,6 +10,7 @@
 //     logLevel: info               # debug | info | warn | error
 //     logFormat: text              # text | json
 //     pollThreads: 1
+//     pollThreadCpus: ["2"]        # optional: CPU list per poll thread (pins it; NUMA node)
 //     socketOwner: {uid: 107, gid: 107, mode: "0660"}   # qemu in KubeVirt's virt-launcher
 //   devices:
 //     - id: disk0                  # [a-z0-9][a-z0-9-]*, at most 63 characters
@@ -51,6 +52,8 @@ struct Settings {
   std::string log_level = "info";
   std::string log_format = "text";
   unsigned poll_threads = 1;
+  // Optional CPU affinity of each poll thread (one CPU list per thread); empty: not pinned.
+  std::vector<std::vector<int>> poll_thread_cpus;
   SocketOwner socket_owner;
 };
 
@@ -69,6 +72,10 @@ struct ServerConfig {
 // Parses a configuration document. `source_name` prefixes every error ("FILE:LINE: ...").
 Result<ServerConfig> ParseServerConfig(const std::string& text, const std::string& source_name);
 Result<ServerConfig> LoadServerConfig(const std::string& path);
+
+inline constexpr int kMaxCpus = 4096;
+// "2", "0-3", "1,5-6" -> the CPUs.
+Result<std::vector<int>> ParseCpuList(const std::string& text);
 
 // The socket path of a device: <socket_root>/<id>/vfio-user.sock.
 std::string DeviceSocketPath(const Settings& settings, const std::string& id);

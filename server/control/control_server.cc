@@ -30,7 +30,7 @@ void FillDevice(const service::DeviceStatus& s, pb::Device* d) {
   d->set_generation(s.generation);
   d->set_removal_pending(s.removal_pending);
   d->set_poll_thread(s.poll_thread);
-  d->set_numa_node(-1);
+  d->set_numa_node(s.numa_node);
   d->set_backend(s.backend);
   d->set_size_bytes(s.size_bytes);
   d->set_read_only(s.read_only);

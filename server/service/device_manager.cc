@@ -1,5 +1,8 @@
 #include "server/service/device_manager.h"
 
+#include <dirent.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -66,9 +69,24 @@ struct DeviceManager::Managed {
 bool DeviceStatus::SameStateAs(const DeviceStatus& o) const {
   return id == o.id && device_class == o.device_class && socket_path == o.socket_path &&
          backend == o.backend && size_bytes == o.size_bytes && read_only == o.read_only &&
-         poll_thread == o.poll_thread && healthy == o.healthy && health_reason == o.health_reason &&
+         poll_thread == o.poll_thread && numa_node == o.numa_node && healthy == o.healthy && health_reason == o.health_reason &&
          client_connected == o.client_connected && client == o.client &&
          removal_pending == o.removal_pending && refused_change == o.refused_change;
+}
+
+int NumaNodeOfCpu(int cpu) {
+  std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  int node = -1;
+  while (dirent* e = ::readdir(d)) {
+    if (std::strncmp(e->d_name, "node", 4) == 0 && e->d_name[4] >= '0' && e->d_name[4] <= '9') {
+      node = std::atoi(e->d_name + 4);
+      break;
+    }
+  }
+  ::closedir(d);
+  return node;
 }
 
 void DescribeBackend(const devices::DeviceSpec& spec, std::string* backend, uint64_t* size,
@@ -102,8 +120,21 @@ DeviceManager::DeviceManager(Options options) : options_(options) {
   thread_round_done_.assign(n, 0);
   for (auto& t : thread_state_) t.last_heartbeat = Clock::now();
   for (unsigned i = 0; i < n; ++i) reactors_.push_back(std::make_unique<Reactor>());
+  thread_numa_node_.assign(n, -1);
   for (unsigned i = 0; i < n; ++i) {
     threads_.emplace_back([r = reactors_[i].get()] { r->Run(); });
+    if (i < options_.thread_cpus.size() && !options_.thread_cpus[i].empty()) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      for (int cpu : options_.thread_cpus[i]) CPU_SET(cpu, &set);
+      int rc = pthread_setaffinity_np(threads_.back().native_handle(), sizeof(set), &set);
+      if (rc != 0) {
+        Log::Write(LogLevel::kWarn, "cannot pin the poll thread; it runs unpinned",
+                   {{"poll_thread", std::to_string(i)}, {"error", std::strerror(rc)}});
+      } else {
+        thread_numa_node_[i] = NumaNodeOfCpu(options_.thread_cpus[i].front());
+      }
+    }
   }
   monitor_ = std::thread([this] { MonitorLoop(); });
 }
@@ -358,6 +389,7 @@ void DeviceManager::Publish() {
     s.socket_path = m->plan.spec.socket;
     DescribeBackend(m->plan.spec, &s.backend, &s.size_bytes, &s.read_only);
     s.poll_thread = m->plan.poll_thread;
+    s.numa_node = thread_numa_node_[m->plan.poll_thread];
     s.removal_pending = m->removal_pending;
     s.refused_change = m->refused_change;
     s.client_connected = m->connected;

@@ -67,6 +67,7 @@ struct DeviceStatus {
   uint64_t size_bytes = 0;
   bool read_only = false;
   unsigned poll_thread = 0;
+  int numa_node = -1;  // of the poll thread's CPUs; -1 when not pinned or unknown
   bool healthy = false;
   std::string health_reason;
   bool client_connected = false;
@@ -122,6 +123,9 @@ class DeviceManager {
  public:
   struct Options {
     unsigned poll_threads = 1;
+    // Optional CPU list per poll thread: the thread is pinned there, and the NUMA node of its
+    // first CPU is reported for its devices (for NUMA-aware allocation by the device plugin).
+    std::vector<std::vector<int>> thread_cpus;
     std::chrono::milliseconds monitor_interval{200};
     std::chrono::milliseconds stall_after{1000};
     // How long Apply waits for a poll thread to start or stop a device.
@@ -188,6 +192,7 @@ class DeviceManager {
   std::map<std::string, std::shared_ptr<Managed>> devices_;
   std::vector<DeviceStatus> published_;  // sorted by id
   std::vector<ThreadState> thread_state_;
+  std::vector<int> thread_numa_node_;
   std::vector<uint64_t> thread_round_done_;
   uint64_t collection_round_ = 0;
   uint64_t generation_ = 1;
@@ -195,6 +200,9 @@ class DeviceManager {
   bool stopped_ = false;
   std::mutex apply_mutex_;  // one Apply at a time
 };
+
+// The NUMA node of a CPU from sysfs, or -1.
+int NumaNodeOfCpu(int cpu);
 
 // Describes a spec's backend for status: ("file:/path" | "ram" | "null", size, read-only).
 void DescribeBackend(const devices::DeviceSpec& spec, std::string* backend, uint64_t* size,

@@ -122,6 +122,15 @@ INSTANTIATE_TEST_SUITE_P(
                 "logFormat must be text or json", 3},
         BadCase{"ZeroPollThreads", Doc("[]\n", "settings:\n  pollThreads: 0\n"),
                 "pollThreads must be between 1 and 64", 3},
+        BadCase{"PollThreadCpusNotAList",
+                Doc("[]\n", "settings:\n  pollThreads: 1\n  pollThreadCpus: \"0\"\n"),
+                "pollThreadCpus must be a list", 4},
+        BadCase{"PollThreadCpusCountMismatch",
+                Doc("[]\n", "settings:\n  pollThreads: 2\n  pollThreadCpus: [\"0\"]\n"),
+                "pollThreadCpus has 1 entries but pollThreads is 2", 4},
+        BadCase{"PollThreadCpusBadList",
+                Doc("[]\n", "settings:\n  pollThreadCpus: [\"3-1\"]\n"),
+                "'3-1' is not a CPU list", 3},
         BadCase{"NegativeUid", Doc("[]\n", "settings:\n  socketOwner: {uid: -1}\n"),
                 "socketOwner.uid must be a whole number", 3},
         BadCase{"BadMode", Doc("[]\n", "settings:\n  socketOwner: {mode: \"0999\"}\n"),
@@ -187,6 +196,16 @@ INSTANTIATE_TEST_SUITE_P(
                 Doc("  - id: a\n    class: sample\n    backend: {type: null, size: 1Mi}\n"),
                 "class sample has no backend", 5}),
     [](const ::testing::TestParamInfo<BadCase>& p) { return p.param.name; });
+
+TEST(ServerConfig, PollThreadCpusPinEachThread) {
+  auto cfg = ParseServerConfig(
+      Doc("[]\n", "settings:\n  pollThreads: 2\n  pollThreadCpus: [\"0\", \"1,4-6\"]\n"),
+      "x.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.error().message;
+  ASSERT_EQ(cfg->settings.poll_thread_cpus.size(), 2u);
+  EXPECT_EQ(cfg->settings.poll_thread_cpus[0], std::vector<int>{0});
+  EXPECT_EQ(cfg->settings.poll_thread_cpus[1], (std::vector<int>{1, 4, 5, 6}));
+}
 
 TEST(ServerConfig, MissingFileIsAClearError) {
   auto cfg = LoadServerConfig("/nonexistent/vfu.yaml");

@@ -4,6 +4,7 @@
 // and counters. Clients are real: the client library over the devices' unix sockets.
 #include "server/service/device_manager.h"
 
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -280,6 +281,24 @@ TEST_F(DeviceManagerTest, CountersShowTrafficDmaRegionsAndConnections) {
   auto threads = m.PollThreads();
   ASSERT_EQ(threads.size(), 1u);
   EXPECT_EQ(threads[0].devices, 1u);
+}
+
+TEST_F(DeviceManagerTest, PinnedPollThreadReportsTheNumaNodeOfItsCpu) {
+  DeviceManager::Options o = FastOptions(2);
+  o.thread_cpus = {{0}, {}};
+  DeviceManager m(o);
+  DevicePlan b = Plan("b");
+  b.poll_thread = 1;
+  m.Apply({Plan("a"), b});
+  DeviceListSnapshot s = m.Devices();
+  EXPECT_EQ(s.devices[0].numa_node, NumaNodeOfCpu(0));
+  EXPECT_EQ(s.devices[1].numa_node, -1) << "an unpinned thread has no NUMA node";
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  m.PostToPollThread(0, [&] { (void)sched_getaffinity(0, sizeof(set), &set); });
+  m.Counters("");  // runs after the posted task on every thread
+  EXPECT_TRUE(CPU_ISSET(0, &set));
+  EXPECT_EQ(CPU_COUNT(&set), 1);
 }
 
 TEST_F(DeviceManagerTest, ShutdownEndsSessionsAndRemovesEverySocket) {

@@ -1,0 +1,117 @@
+#include "deviceplugin/kubevirt_hook/vmi_devices.h"
+
+#include <gtest/gtest.h>
+
+namespace vfu::kubevirt_hook {
+namespace {
+
+std::string VmiWithResources(const std::string& resources, const std::string& annotations = "{}") {
+  return R"({"metadata":{"name":"vm1","namespace":"ns","annotations":)" + annotations +
+         R"(},"spec":{"domain":{"resources":)" + resources + "}}}";
+}
+
+TEST(VmiDevicesTest, ListsEachRequestedDeviceWithItsDeterministicSocketPath) {
+  auto plan = PlanDevicesFromVmi(VmiWithResources(
+      R"({"requests":{"memory":"1Gi","vfio-user.io/virtio-blk":"2","vfio-user.io/nvme":"1"}})"));
+  ASSERT_TRUE(plan.ok()) << plan.error().message;
+  EXPECT_EQ(plan->vmi_name, "ns/vm1");
+  ASSERT_EQ(plan->devices.size(), 3u);
+  // Classes sorted by name, then index order: the order the device plugin mounts them in.
+  EXPECT_EQ(plan->devices[0].id, "vfu-nvme-0");
+  EXPECT_EQ(plan->devices[0].socket_path, "/var/run/vfio-user/nvme/0/vfio-user.sock");
+  EXPECT_EQ(plan->devices[1].id, "vfu-virtio-blk-0");
+  EXPECT_EQ(plan->devices[1].socket_path, "/var/run/vfio-user/virtio-blk/0/vfio-user.sock");
+  EXPECT_EQ(plan->devices[2].id, "vfu-virtio-blk-1");
+  EXPECT_EQ(plan->devices[2].device_class, "virtio-blk");
+  EXPECT_EQ(plan->devices[2].index, 1u);
+  EXPECT_EQ(plan->devices[2].socket_path, "/var/run/vfio-user/virtio-blk/1/vfio-user.sock");
+}
+
+TEST(VmiDevicesTest, LimitsAloneGiveTheCountAndOtherResourcesAreIgnored) {
+  auto plan = PlanDevicesFromVmi(VmiWithResources(
+      R"({"limits":{"cpu":"2","example.com/gpu":"1","vfio-user.io/virtio-blk":3}})"));
+  ASSERT_TRUE(plan.ok()) << plan.error().message;
+  EXPECT_EQ(plan->devices.size(), 3u);
+}
+
+TEST(VmiDevicesTest, VmiWithoutVfioUserRequestsGivesAnEmptyPlan) {
+  auto plan = PlanDevicesFromVmi(R"({"metadata":{"name":"plain"},"spec":{"domain":{}}})");
+  ASSERT_TRUE(plan.ok()) << plan.error().message;
+  EXPECT_TRUE(plan->devices.empty());
+  auto zero = PlanDevicesFromVmi(VmiWithResources(R"({"limits":{"vfio-user.io/nvme":"0"}})"));
+  ASSERT_TRUE(zero.ok());
+  EXPECT_TRUE(zero->devices.empty());
+}
+
+TEST(VmiDevicesTest, SocketRootIsConfigurable) {
+  auto plan =
+      PlanDevicesFromVmi(VmiWithResources(R"({"limits":{"vfio-user.io/nvme":"1"}})"), "/run/vfu/");
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->devices[0].socket_path, "/run/vfu/nvme/0/vfio-user.sock");
+}
+
+TEST(VmiDevicesTest, RejectsCountsThatAreNotWholeNumbers) {
+  for (const char* count : {R"("1.5")", R"("500m")", R"("-1")", R"("")", "true", "2.5"}) {
+    auto plan = PlanDevicesFromVmi(
+        VmiWithResources(std::string(R"({"limits":{"vfio-user.io/nvme":)") + count + "}}"));
+    ASSERT_FALSE(plan.ok()) << count;
+    EXPECT_EQ(plan.error().code, EINVAL);
+    EXPECT_NE(plan.error().message.find("vfio-user.io/nvme"), std::string::npos);
+  }
+}
+
+TEST(VmiDevicesTest, RejectsRequestsAndLimitsThatDiffer) {
+  auto plan = PlanDevicesFromVmi(VmiWithResources(
+      R"({"requests":{"vfio-user.io/nvme":"1"},"limits":{"vfio-user.io/nvme":"2"}})"));
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.error().message.find("differ"), std::string::npos);
+}
+
+TEST(VmiDevicesTest, RejectsTooManyDevicesAndBadClassNames) {
+  EXPECT_FALSE(
+      PlanDevicesFromVmi(VmiWithResources(R"({"limits":{"vfio-user.io/nvme":"65"}})")).ok());
+  EXPECT_FALSE(
+      PlanDevicesFromVmi(VmiWithResources(R"({"limits":{"vfio-user.io/-bad":"1"}})")).ok());
+  EXPECT_FALSE(PlanDevicesFromVmi(VmiWithResources(R"({"limits":{"vfio-user.io/a/b":"1"}})")).ok());
+}
+
+TEST(VmiDevicesTest, RejectsInputThatIsNotAVmiObject) {
+  EXPECT_FALSE(PlanDevicesFromVmi("not json").ok());
+  EXPECT_FALSE(PlanDevicesFromVmi("[1,2]").ok());
+  EXPECT_FALSE(PlanDevicesFromVmi(R"({"spec":{"domain":{"resources":{"limits":[]}}}})").ok());
+}
+
+TEST(VmiDevicesTest, PlacementAnnotationPlacesTheNamedDevice) {
+  auto plan = PlanDevicesFromVmi(VmiWithResources(
+      R"({"limits":{"vfio-user.io/nvme":"2"}})",
+      R"({"vfio-user.io/pci-placement":"{\"vfu-nvme-1\":{\"bus\":\"pci.3\",\"addr\":\"0x0\"}}"})"));
+  ASSERT_TRUE(plan.ok()) << plan.error().message;
+  EXPECT_FALSE(plan->devices[0].placement.has_value());
+  ASSERT_TRUE(plan->devices[1].placement.has_value());
+  EXPECT_EQ(plan->devices[1].placement->bus, "pci.3");
+  EXPECT_EQ(plan->devices[1].placement->addr, "0x0");
+}
+
+TEST(VmiDevicesTest, RejectsPlacementsThatCannotBeRight) {
+  const char* bad[] = {
+      R"("not json")",
+      R"("{\"vfu-nvme-0\":{\"addr\":\"0x3\"}}")",                       // no bus
+      R"("{\"vfu-nvme-0\":{\"bus\":\"pcie.0\",\"addr\":\"0x100\"}}")",  // slot too big
+      R"("{\"vfu-nvme-0\":{\"bus\":\"pcie.0,x=1\"}}")",                 // option injection
+      R"("{\"vfu-nvme-0\":{\"bus\":\"pcie.0\",\"slot\":\"1\"}}")",      // unknown key
+      R"("{\"vfu-nvme-7\":{\"bus\":\"pcie.0\"}}")",                     // not requested
+      R"("{\"vfu-nvme-0\":{\"bus\":\"pcie.0\",\"addr\":\"3\"},)"
+      R"(\"vfu-nvme-1\":{\"bus\":\"pcie.0\",\"addr\":\"3\"}}")",  // same slot
+  };
+  for (const char* annotation : bad) {
+    auto plan = PlanDevicesFromVmi(
+        VmiWithResources(R"({"limits":{"vfio-user.io/nvme":"2"}})",
+                         std::string(R"({"vfio-user.io/pci-placement":)") + annotation + "}"));
+    ASSERT_FALSE(plan.ok()) << annotation;
+    EXPECT_NE(plan.error().message.find("vfio-user.io/pci-placement"), std::string::npos)
+        << plan.error().message;
+  }
+}
+
+}  // namespace
+}  // namespace vfu::kubevirt_hook
