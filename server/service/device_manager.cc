@@ -11,6 +11,7 @@
 #include <cstring>
 #include <future>
 #include <set>
+#include <utility>
 
 #include "server/common/log.h"
 #include "server/session/endpoint.h"
@@ -114,7 +115,7 @@ void DescribeBackend(const devices::DeviceSpec& spec, std::string* backend, uint
   }
 }
 
-DeviceManager::DeviceManager(Options options) : options_(options) {
+DeviceManager::DeviceManager(Options options) : options_(std::move(options)) {
   unsigned n = std::max(1u, options_.poll_threads);
   thread_state_.resize(n);
   thread_round_done_.assign(n, 0);
