@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 flavour=${1:-release}
+# A clone in another folder (CI) reuses this machine's compiler cache: paths are hashed relative
+# to the checkout.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 jobs=${JOBS:-$(nproc)}
 common=(-G Ninja -DVFU_WERROR=ON -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 case "$flavour" in
