@@ -23,6 +23,9 @@
 #   blk-qemu-killed     QEMU SIGKILLed during O_DIRECT+fsync writes; the server survives and
 #                       a new QEMU finds every record that was reported durable
 #   blk-smp2-mq         2 vCPUs, queues=2: two blk-mq queues, parallel writers on both
+#   kubevirt-hook       vfio-user-kubevirt-hook edits a KubeVirt domain (VMI requesting
+#                       vfio-user.io/virtio-blk: 2); QEMU started with the memory and device
+#                       arguments of that domain (as libvirt builds them) sees both disks
 set -euo pipefail
 
 usage() {
@@ -36,7 +39,9 @@ guests fail on their own after 3/4 of it (/init's E2E_WATCHDOG, which shows what
 --keep-logs DIR keeps the serial, run-guest and server logs of every scenario in DIR/<scenario>/
 (e.g. as CI artifacts); failed ones are always kept under .cache/e2e/failed/.
 Scenarios: sample-device blk-basic blk-fs-host-verify blk-reboot blk-two-devices blk-two-vms
-blk-qemu-killed blk-smp2-mq
+blk-qemu-killed blk-smp2-mq kubevirt-hook
+kubevirt-hook runs vfio-user-kubevirt-hook from the server's build dir (E2E_KUBEVIRT_HOOK
+overrides) and libvirt's virt-xml-validate.
 EOF2
 }
 
@@ -46,7 +51,7 @@ source "$SCRIPT_DIR/lib.sh"
 SERVER="$E2E_REPO/build/server/vfio-user-server"
 BOOT_TIMEOUT="${E2E_BOOT_TIMEOUT:-60}"
 ALL_SCENARIOS=(sample-device blk-basic blk-fs-host-verify blk-reboot blk-two-devices blk-two-vms
-    blk-qemu-killed blk-smp2-mq)
+    blk-qemu-killed blk-smp2-mq kubevirt-hook)
 KEEP_LOGS=""
 SCENARIOS=()
 while (($#)); do
@@ -464,6 +469,60 @@ scenario_blk_smp2_mq() {
     check_image_io "$name" "$img" 'cpu[01]-r[0-9]+' || return 1
     wait_log "$WORK/$name.server.log" 'msg="session ended' 5 || return 1
     stop_server "$name"
+}
+
+# The KubeVirt hook sidecar's domain edit, booted. The hook binary transforms a KubeVirt domain
+# (tests/unit/deviceplugin/kubevirt_hook/testdata/plain.*) for a VMI that requests
+# vfio-user.io/virtio-blk: 2; libvirt's schema must accept the result; the hook's
+# --print-qemu-args gives the memory (shared memfd) and -device vfio-user-pci arguments that
+# domain implies, with the container socket root /var/run/vfio-user moved to $WORK/vfu where
+# the server listens (same <class>/<i>/vfio-user.sock layout as the device plugin's mounts).
+# QEMU runs with exactly those arguments (not through run-guest.sh, which sets its own memory
+# backend) and the guest must find both disks by serial, write and read them back.
+scenario_kubevirt_hook() {
+    local name=kubevirt-hook td="$E2E_REPO/tests/unit/deviceplugin/kubevirt_hook/testdata"
+    local hook="${E2E_KUBEVIRT_HOOK:-$(dirname "$SERVER")/../deviceplugin/kubevirt_hook/vfio-user-kubevirt-hook}"
+    local img="$WORK/img-kubevirt-hook.img" kernel="$E2E_CACHE/kernel/vmlinux" rc=0 n
+    local -a args fw
+    [[ -x "$hook" ]] || { fail "$name: no hook binary at $hook (build vfio-user-kubevirt-hook or set E2E_KUBEVIRT_HOOK)"; return 1; }
+    command -v virt-xml-validate >/dev/null || { fail "$name: virt-xml-validate missing (Debian libvirt-clients)"; return 1; }
+    "$hook" --transform-domain "$td/plain.domain.xml" --vmi "$td/plain.vmi.json" >"$WORK/$name.domain.xml" ||
+        { fail "$name: the hook could not transform the domain"; return 1; }
+    virt-xml-validate "$WORK/$name.domain.xml" domain >"$WORK/$name.validate.log" 2>&1 ||
+        { cat "$WORK/$name.validate.log" >&2; fail "$name: libvirt's schema rejects the transformed domain"; return 1; }
+    mapfile -t args < <("$hook" --print-qemu-args "$WORK/$name.domain.xml" --socket-root-on-host "$WORK/vfu")
+    printf '%s\n' "${args[@]}" >"$WORK/$name.qemu-args.txt"
+    n=$(grep -c '"driver":"vfio-user-pci"' "$WORK/$name.qemu-args.txt" || true)
+    ((n == 2)) || { fail "$name: expected 2 vfio-user-pci devices in the domain's arguments, got $n"; return 1; }
+    grep -q '^memory-backend-memfd,.*share=on' "$WORK/$name.qemu-args.txt" ||
+        { fail "$name: guest memory is not a shared memfd"; return 1; }
+    echo "    host: domain validates; QEMU args: $(grep -c . "$WORK/$name.qemu-args.txt") ($(grep -o 'memory-backend-memfd[^ ]*' "$WORK/$name.qemu-args.txt"))" >&2
+
+    mkdir -p "$WORK/vfu/virtio-blk/0" "$WORK/vfu/virtio-blk/1"
+    truncate -s 48M "$img"
+    initrd "$name" "$SCRIPT_DIR/guest/blk-two-devices.sh" || return 1
+    start_server "$name" \
+        --device "virtio-blk,id=vmdisk0,socket=$WORK/vfu/virtio-blk/0/vfio-user.sock,backend=file,path=$img" \
+        --device "virtio-blk,id=vmdisk1,socket=$WORK/vfu/virtio-blk/1/vfio-user.sock,backend=ram,size=32M" || return 1
+    [[ -f "$kernel" ]] || kernel="$E2E_CACHE/kernel/vmlinuz"
+    mapfile -t fw < <(e2e_qemu_firmware_args)
+    timeout --kill-after=5 "$BOOT_TIMEOUT" "${E2E_QEMU_CMD[@]}" -accel tcg -machine q35 \
+        -nographic -nic none -no-reboot -kernel "$kernel" -initrd "$WORK/initrd-$name.cpio" \
+        -append "console=ttyS0 panic=-1 quiet E2E_WATCHDOG=$WATCHDOG E2E_DISKS=vmdisk0:98304,vmdisk1:65536" \
+        "${fw[@]}" "${args[@]}" </dev/null >"$WORK/$name.serial.log" 2>&1 || rc=$?
+    if ! serial "$name" | grep -a -q '^E2E-RESULT: PASS'; then
+        serial "$name" | tail -n 40 | sed 's/^/    /' >&2
+        fail "$name: the guest did not pass (QEMU exit $rc)"
+        return 1
+    fi
+    expect_serial "$name" '^BLK-DISK vd[a-z] serial=vmdisk0 sectors=98304 ' || return 1
+    expect_serial "$name" '^BLK-DISK vd[a-z] serial=vmdisk1 sectors=65536 ' || return 1
+    check_image_io "$name" "$img" 'vmdisk0-a|vmdisk0-b' || return 1
+    wait_log "$WORK/$name.server.log" 'msg="session ended.*device=vmdisk0' 5 || return 1
+    wait_log "$WORK/$name.server.log" 'msg="session ended.*device=vmdisk1' 5 || return 1
+    stop_server "$name" || return 1
+    [[ -z "$(find "$WORK/vfu" -type s)" ]] || { fail "$name: the server left sockets in $WORK/vfu"; return 1; }
+    rm -rf "$WORK/vfu"
 }
 
 for s in "${SCENARIOS[@]}"; do

@@ -92,11 +92,25 @@ TEST(VmiDevicesTest, PlacementAnnotationPlacesTheNamedDevice) {
   EXPECT_EQ(plan->devices[1].placement->addr, "0x0");
 }
 
+TEST(VmiDevicesTest, PlacementAddrTakesSlotDotFunctionWithOrWithoutHexPrefix) {
+  for (std::string addr : {"1c.0", "0x1f.7", "3", "0x0a"}) {
+    std::string annotation =
+        R"({"vfio-user.io/pci-placement":"{\"vfu-nvme-0\":{\"bus\":\"pcie.0\",\"addr\":\")" + addr +
+        R"(\"}}"})";
+    auto plan =
+        PlanDevicesFromVmi(VmiWithResources(R"({"limits":{"vfio-user.io/nvme":"1"}})", annotation));
+    ASSERT_TRUE(plan.ok()) << addr << ": " << plan.error().message;
+    EXPECT_EQ(plan->devices[0].placement->addr, addr);
+  }
+}
+
 TEST(VmiDevicesTest, RejectsPlacementsThatCannotBeRight) {
   const char* bad[] = {
       R"("not json")",
       R"("{\"vfu-nvme-0\":{\"addr\":\"0x3\"}}")",                       // no bus
       R"("{\"vfu-nvme-0\":{\"bus\":\"pcie.0\",\"addr\":\"0x100\"}}")",  // slot too big
+      R"("{\"vfu-nvme-0\":{\"bus\":\"pcie.0\",\"addr\":\"1c.8\"}}")",   // function > 7
+      R"("{\"vfu-nvme-0\":{\"bus\":\"0pcie\"}}")",                      // not a bus id
       R"("{\"vfu-nvme-0\":{\"bus\":\"pcie.0,x=1\"}}")",                 // option injection
       R"("{\"vfu-nvme-0\":{\"bus\":\"pcie.0\",\"slot\":\"1\"}}")",      // unknown key
       R"("{\"vfu-nvme-7\":{\"bus\":\"pcie.0\"}}")",                     // not requested
