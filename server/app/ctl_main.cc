@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "server/app/ctl_control.h"
 #include "server/app/ctl_info.h"
 #include "server/client/client.h"
-#include "server/app/ctl_control.h"
 #include "server/client/virtio_blk_driver.h"
 #include "server/pci/config_space.h"
 #include "server/version.h"
@@ -190,8 +190,9 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   list_cmd->add_option("--output,-o", control.output, "table or json")->capture_default_str();
   list_cmd->add_flag("--watch,-w", control.watch, "print the list again on every change");
-  list_cmd->add_option("--watch-seconds", control.watch_seconds,
-                       "stop watching after this many seconds (0: until interrupted)")
+  list_cmd
+      ->add_option("--watch-seconds", control.watch_seconds,
+                   "stop watching after this many seconds (0: until interrupted)")
       ->capture_default_str();
   std::string stats_id;
   auto* stats_cmd = app.add_subcommand("stats", "per-device counters (control API)");
