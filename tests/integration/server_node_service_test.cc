@@ -205,6 +205,51 @@ TEST_F(NodeService, WatchStreamReportsAMissingBackingFileAndItsReturn) {
   StopServer();
 }
 
+TEST_F(NodeService, WatchStreamReportsRepeatedIoErrorsAndRecoveryAfterASuccess) {
+  // The backing file shrinks under the device (an operator mistake or a failing volume): reads
+  // past its new end fail with EIO. After 8 failures in a row the device is Unhealthy; once the
+  // file is whole again, one successful request heals it.
+  std::string image = dir_.File("disk.img");
+  { std::ofstream(image).write(std::string(1 << 20, '\0').data(), 1 << 20); }
+  WriteConfig({File("disk", image)});
+  StartServer();
+  auto c = client::Client::Connect(SocketOf("disk"));
+  ASSERT_TRUE(c.ok());
+  auto driver = client::VirtioBlkDriver::Create(c->get(), {});
+  ASSERT_TRUE(driver.ok());
+  auto read_one = [&]() -> uint8_t {
+    EXPECT_TRUE((*driver)->Read(0, 0, 8, 4096, 1).ok());
+    auto done = (*driver)->WaitFor(0, 1, seconds(10));
+    return done.ok() && done->size() == 1 ? (*done)[0].status : 0xff;
+  };
+  ASSERT_EQ(read_one(), 0);
+  ASSERT_EQ(::truncate(image.c_str(), 0), 0);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(read_one(), 1) << "VIRTIO_BLK_S_IOERR";
+
+  control::ControlClient client(Control());
+  std::string reason;
+  bool healed = false;
+  Status s = client.Watch(
+      [&](const pb::DeviceList& list) {
+        const pb::Device& disk = list.devices(0);
+        if (reason.empty() && disk.health() == pb::UNHEALTHY) {
+          reason = disk.health_reason();
+          EXPECT_EQ(::truncate(image.c_str(), 1 << 20), 0);
+          EXPECT_EQ(read_one(), 0);
+        } else if (!reason.empty() && disk.health() == pb::HEALTHY) {
+          healed = true;
+          return false;
+        }
+        return true;
+      },
+      seconds(20));
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_NE(reason.find("repeated I/O errors"), std::string::npos) << reason;
+  EXPECT_TRUE(healed) << server_->Output();
+  (*driver)->Abandon();
+  StopServer();
+}
+
 TEST_F(NodeService, CtlListAndStatsReadTheControlSocket) {
   WriteConfig({Ram("a"), Ram("b")});
   StartServer();
