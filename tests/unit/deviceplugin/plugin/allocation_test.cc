@@ -79,7 +79,8 @@ TEST(Allocate, ContainerSocketKeepsTheServersSocketFileName) {
   auto r = BuildContainerAllocation("virtio-blk", {"disk0"}, {d});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->mounts(0).host_path(), "/run/custom/disk0");
-  EXPECT_EQ(r->envs().at("VFIO_USER_VIRTIO_BLK_SOCKETS"), "/var/run/vfio-user/virtio-blk/0/blk.sock");
+  EXPECT_EQ(r->envs().at("VFIO_USER_VIRTIO_BLK_SOCKETS"),
+            "/var/run/vfio-user/virtio-blk/0/blk.sock");
 }
 
 TEST(Allocate, UnknownDeviceIsNotFoundAndNamed) {

@@ -277,8 +277,7 @@ v1beta1::DevicePlugin::Stub* FakeKubelet::StubFor(const std::string& resource) {
   return it == clients_.end() ? nullptr : it->second->stub.get();
 }
 
-grpc::Status FakeKubelet::Allocate(const std::string& resource,
-                                   const std::vector<std::string>& ids,
+grpc::Status FakeKubelet::Allocate(const std::string& resource, const std::vector<std::string>& ids,
                                    v1beta1::ContainerAllocateResponse* out, const std::string& pod,
                                    const std::string& container) {
   v1beta1::DevicePlugin::Stub* stub = StubFor(resource);
@@ -293,9 +292,9 @@ grpc::Status FakeKubelet::Allocate(const std::string& resource,
   if (!status.ok()) return status;
   // The kubelet uses container_responses[0] and treats anything else as a plugin error.
   if (response.container_responses_size() != 1) {
-    return grpc::Status(grpc::StatusCode::INTERNAL, "plugin returned " +
-                                                        std::to_string(response.container_responses_size()) +
-                                                        " container responses");
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        "plugin returned " + std::to_string(response.container_responses_size()) +
+                            " container responses");
   }
   *out = response.container_responses(0);
   AddPodResources(pod, "default", container, resource, ids);

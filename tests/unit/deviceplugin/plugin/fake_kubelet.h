@@ -65,8 +65,8 @@ class FakeKubelet {
   std::vector<DeviceList> history(const std::string& resource) const;
 
   grpc::Status Allocate(const std::string& resource, const std::vector<std::string>& ids,
-                        v1beta1::ContainerAllocateResponse* out,
-                        const std::string& pod = "vm-pod", const std::string& container = "compute");
+                        v1beta1::ContainerAllocateResponse* out, const std::string& pod = "vm-pod",
+                        const std::string& container = "compute");
   grpc::Status GetPreferredAllocation(const std::string& resource,
                                       const std::vector<std::string>& available,
                                       const std::vector<std::string>& must_include, int size,
@@ -74,9 +74,8 @@ class FakeKubelet {
   grpc::Status PreStartContainer(const std::string& resource, const std::vector<std::string>& ids);
 
   // Adds an entry to what pod-resources List reports (as restored from the checkpoint).
-  void AddPodResources(const std::string& pod, const std::string& ns,
-                       const std::string& container, const std::string& resource,
-                       const std::vector<std::string>& ids);
+  void AddPodResources(const std::string& pod, const std::string& ns, const std::string& container,
+                       const std::string& resource, const std::vector<std::string>& ids);
 
  private:
   class RegistrationService;

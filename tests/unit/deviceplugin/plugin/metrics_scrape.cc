@@ -14,7 +14,9 @@ namespace vfu::testing {
 std::optional<std::string> HttpGet(int port, const std::string& path) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return std::nullopt;
-  struct timeval tv {10, 0};
+  struct timeval tv {
+    10, 0
+  };
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -27,7 +29,8 @@ std::optional<std::string> HttpGet(int port, const std::string& path) {
         static_cast<ssize_t>(request.size())) {
       char buf[8192];
       ssize_t n;
-      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) response.append(buf, static_cast<size_t>(n));
+      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0)
+        response.append(buf, static_cast<size_t>(n));
     }
   }
   ::close(fd);

@@ -99,8 +99,8 @@ TEST_F(PluginMetrics, AllocationsAreCountedByResultWithTheirDuration) {
   ASSERT_FALSE(kubelet_->Allocate(kBlk, {"disk9"}, &r).ok());
   std::string m = Scrape();
   EXPECT_EQ(FamilyType(m, "vfio_user_allocations_total"), "counter");
-  EXPECT_EQ(FindSample(m, "vfio_user_allocations_total", {{"resource", kBlk}, {"result", "success"}}),
-            1);
+  EXPECT_EQ(
+      FindSample(m, "vfio_user_allocations_total", {{"resource", kBlk}, {"result", "success"}}), 1);
   EXPECT_EQ(FindSample(m, "vfio_user_allocations_total",
                        {{"resource", kBlk}, {"result", "unknown_device"}}),
             1);
@@ -136,8 +136,8 @@ TEST_F(PluginMetrics, DeviceHealthRegistrationAndKubeletConnectionAreExported) {
 
 TEST_F(PluginMetrics, ServerStatisticsAreExportedPerDeviceInBaseUnits) {
   std::string m = Scrape();
-  std::map<std::string, std::string> read{{"device", "disk0"}, {"class", "virtio-blk"},
-                                          {"operation", "read"}};
+  std::map<std::string, std::string> read{
+      {"device", "disk0"}, {"class", "virtio-blk"}, {"operation", "read"}};
   EXPECT_EQ(FindSample(m, "vfio_user_server_stats_up"), 1);
   EXPECT_EQ(FamilyType(m, "vfio_user_device_requests_total"), "counter");
   EXPECT_EQ(FindSample(m, "vfio_user_device_requests_total", read), 10);
@@ -185,9 +185,9 @@ TEST_F(PluginMetrics, EveryFamilyUsesTheProjectPrefixAndCountersEndInTotal) {
     }
   }
   EXPECT_GE(families, 15);
-  EXPECT_EQ(FindSample(m, "vfio_user_device_allocation_info",
-                       {{"resource", kBlk}, {"device", "disk1"}}),
-            1)
+  EXPECT_EQ(
+      FindSample(m, "vfio_user_device_allocation_info", {{"resource", kBlk}, {"device", "disk1"}}),
+      1)
       << m;
 }
 

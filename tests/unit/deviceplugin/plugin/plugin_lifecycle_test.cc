@@ -71,8 +71,8 @@ class ListeningSocket {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
-    ok_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-          ::listen(fd_, 1) == 0;
+    ok_ =
+        ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 && ::listen(fd_, 1) == 0;
   }
   ~ListeningSocket() { ::close(fd_); }
   bool ok() const { return ok_; }
@@ -197,8 +197,9 @@ TEST_F(PluginLifecycle, KubeletRestartIsFollowedByRegistrationOnAFreshSocket) {
   kubelet_->Restart();
   ASSERT_TRUE(kubelet_->WaitForList(kBlk, AllHealthy(3)));
   auto took = std::chrono::steady_clock::now() - restarted;
-  RecordProperty("reregistration_ms",
-                 std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+  RecordProperty(
+      "reregistration_ms",
+      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
   EXPECT_EQ(kubelet_->registrations(kBlk), 2);
   EXPECT_TRUE(kubelet_->WaitForList(kSample, AllHealthy(1)));
   EXPECT_EQ(kubelet_->registrations(kSample), 2);
@@ -306,11 +307,11 @@ TEST_F(PluginLifecycle, AllocateOfUnknownOrUnhealthyDevicesFailsWithAClearError)
 TEST_F(PluginLifecycle, PreferredAllocationKeepsTheContainerOnOneNumaNode) {
   StartPluginAndWaitForDevices();
   std::vector<std::string> picked;
-  ASSERT_TRUE(kubelet_->GetPreferredAllocation(kBlk, {"disk0", "disk1", "disk2"}, {}, 2, &picked)
-                  .ok());
+  ASSERT_TRUE(
+      kubelet_->GetPreferredAllocation(kBlk, {"disk0", "disk1", "disk2"}, {}, 2, &picked).ok());
   EXPECT_EQ(picked, (std::vector<std::string>{"disk0", "disk1"}));
-  ASSERT_TRUE(kubelet_->GetPreferredAllocation(kBlk, {"disk0", "disk1", "disk2"}, {}, 1, &picked)
-                  .ok());
+  ASSERT_TRUE(
+      kubelet_->GetPreferredAllocation(kBlk, {"disk0", "disk1", "disk2"}, {}, 1, &picked).ok());
   EXPECT_EQ(picked, (std::vector<std::string>{"disk2"}));  // best fit: node 1 has exactly one
 }
 
