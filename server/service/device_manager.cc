@@ -29,19 +29,26 @@ std::string SocketDirectory(const std::string& socket_path) {
   return slash == std::string::npos ? std::string(".") : socket_path.substr(0, slash);
 }
 
-// mkdir -p for the parents of a device socket; the device's own directory (the one mounted into
-// the VM's pod) belongs to the socket's owner and only they may enter it.
-Status PrepareSocketDirectory(const std::string& socket_path, const SocketOwnership& owner) {
+// mkdir -p for the parents of a device socket.
+Status CreateParentDirectories(const std::string& socket_path) {
   std::string dir = SocketDirectory(socket_path);
   size_t pos = 0;
   while (pos != std::string::npos) {
     pos = dir.find('/', pos + 1);
     std::string partial = dir.substr(0, pos);
-    if (partial.empty()) continue;
+    if (partial.empty() || partial == ".") continue;
     if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
       return MakeError(errno, "cannot create " + partial + ": " + std::strerror(errno));
     }
   }
+  return Status::Ok();
+}
+
+// The parents of a config-file device's socket; the device's own directory (the one mounted
+// into the VM's pod) belongs to the socket's owner and only they may enter it.
+Status PrepareSocketDirectory(const std::string& socket_path, const SocketOwnership& owner) {
+  std::string dir = SocketDirectory(socket_path);
+  VFU_RETURN_IF_ERROR(CreateParentDirectories(socket_path));
   if (::chmod(dir.c_str(), 0750) != 0 || ::chown(dir.c_str(), owner.uid, owner.gid) != 0) {
     return MakeError(errno, "cannot set the owner of " + dir + ": " + std::strerror(errno));
   }
@@ -154,7 +161,11 @@ bool DeviceManager::RunOn(unsigned thread, std::function<void()> task) {
 
 Status DeviceManager::StartDevice(const std::shared_ptr<Managed>& m) {
   const DevicePlan& plan = m->plan;
-  if (plan.owner) VFU_RETURN_IF_ERROR(PrepareSocketDirectory(plan.spec.socket, *plan.owner));
+  if (plan.owner) {
+    VFU_RETURN_IF_ERROR(PrepareSocketDirectory(plan.spec.socket, *plan.owner));
+  } else {
+    VFU_RETURN_IF_ERROR(CreateParentDirectories(plan.spec.socket));
+  }
   auto device = devices::CreateDevice(plan.spec);
   if (!device) return device.error();
   auto started = std::make_shared<Status>(MakeError(ETIMEDOUT, "the poll thread did not answer"));

@@ -97,6 +97,16 @@ TEST_F(DeviceManagerTest, ApplyStartsEveryPlannedDeviceOnItsOwnSocketDirectory) 
   }
 }
 
+TEST_F(DeviceManagerTest, QuickFormDeviceGetsTheParentDirectoriesOfItsSocket) {
+  DeviceManager m(FastOptions());
+  DevicePlan p = Plan("a");
+  p.owner.reset();  // --device: no ownership settings
+  p.spec.socket = dir_.File("deep/er/a.sock");
+  ApplyReport r = m.Apply({p});
+  EXPECT_TRUE(r.failed.empty()) << r.failed.front();
+  EXPECT_TRUE(client::Client::Connect(p.spec.socket).ok());
+}
+
 TEST_F(DeviceManagerTest, ReloadAddsNewDevicesAndRemovesIdleOnesWithTheirSockets) {
   DeviceManager m(FastOptions());
   m.Apply({Plan("a"), Plan("b")});
