@@ -86,7 +86,9 @@ TEST(KubeClient, SpecChangeIncrementsGeneration) {
 TEST(KubeClient, ApplyNeedsAFieldManager) {
   FakeApiServer fake;
   auto client = MakeClient(fake);
-  Json cm = {{"apiVersion", "v1"}, {"kind", "ConfigMap"}, {"metadata", {{"name", "c"}}},
+  Json cm = {{"apiVersion", "v1"},
+             {"kind", "ConfigMap"},
+             {"metadata", {{"name", "c"}}},
              {"data", {{"k", "v"}}}};
   auto applied = client->Apply(resources::kConfigMaps, "ns", cm, "", false);
   ASSERT_FALSE(applied.ok());
@@ -96,7 +98,9 @@ TEST(KubeClient, ApplyNeedsAFieldManager) {
 TEST(KubeClient, ApplyCreatesThenRemovesFieldsTheManagerNoLongerApplies) {
   FakeApiServer fake;
   auto client = MakeClient(fake);
-  Json cm = {{"apiVersion", "v1"}, {"kind", "ConfigMap"}, {"metadata", {{"name", "c"}}},
+  Json cm = {{"apiVersion", "v1"},
+             {"kind", "ConfigMap"},
+             {"metadata", {{"name", "c"}}},
              {"data", {{"a", "1"}, {"b", "2"}}}};
   auto first = client->Apply(resources::kConfigMaps, "ns", cm, "op", true);
   ASSERT_TRUE(first.ok()) << first.error().message;
@@ -113,7 +117,9 @@ TEST(KubeClient, ApplyCreatesThenRemovesFieldsTheManagerNoLongerApplies) {
 TEST(KubeClient, ApplyOfAFieldOwnedByAnotherManagerConflictsUnlessForced) {
   FakeApiServer fake;
   auto client = MakeClient(fake);
-  Json cm = {{"apiVersion", "v1"}, {"kind", "ConfigMap"}, {"metadata", {{"name", "c"}}},
+  Json cm = {{"apiVersion", "v1"},
+             {"kind", "ConfigMap"},
+             {"metadata", {{"name", "c"}}},
              {"data", {{"a", "1"}}}};
   ASSERT_TRUE(client->Apply(resources::kConfigMaps, "ns", cm, "kubectl", false).ok());
   cm["data"]["a"] = "2";
@@ -193,8 +199,9 @@ TEST(KubeClient, NoResponseIsATransportError) {
 
 TEST(KubeClient, RotatedServiceAccountTokenIsReadAgain) {
   FakeApiServer fake;
-  auto dir = std::filesystem::temp_directory_path() /
-             ("vfu-token-" + std::to_string(::getpid()) + "-" + std::to_string(fake.resource_version()));
+  auto dir =
+      std::filesystem::temp_directory_path() /
+      ("vfu-token-" + std::to_string(::getpid()) + "-" + std::to_string(fake.resource_version()));
   std::filesystem::create_directories(dir);
   struct Cleanup {
     std::filesystem::path dir;
@@ -202,7 +209,8 @@ TEST(KubeClient, RotatedServiceAccountTokenIsReadAgain) {
   } cleanup{dir};
   auto token_file = dir / "token";
   std::ofstream(token_file) << "first-token\n";
-  auto client = MakeClient(fake, TokenSource::File(token_file.string(), std::chrono::milliseconds(0)));
+  auto client =
+      MakeClient(fake, TokenSource::File(token_file.string(), std::chrono::milliseconds(0)));
   ASSERT_TRUE(client->List(resources::kNodes, "").ok());
   // The kubelet swaps in a new token file.
   std::ofstream(dir / "token.new") << "second-token\n";

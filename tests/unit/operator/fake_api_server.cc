@@ -149,8 +149,8 @@ std::string FakeApiServer::url() const {
 }
 
 Json FakeApiServer::StatusBody(int code, const std::string& reason, const std::string& message) {
-  return {{"kind", "Status"},     {"apiVersion", "v1"}, {"metadata", Json::object()},
-          {"status", "Failure"},  {"message", message}, {"reason", reason},
+  return {{"kind", "Status"},    {"apiVersion", "v1"}, {"metadata", Json::object()},
+          {"status", "Failure"}, {"message", message}, {"reason", reason},
           {"code", code}};
 }
 
@@ -322,8 +322,8 @@ FakeApiServer::Reply FakeApiServer::Create(const Path& path, Json object) {
   Path target = path;
   target.name = object["metadata"]["name"];
   if (objects_[path.plural].count(Key(path.ns, target.name))) {
-    return {409, StatusBody(409, "AlreadyExists", path.plural + " \"" + target.name +
-                                                      "\" already exists")};
+    return {409, StatusBody(409, "AlreadyExists",
+                            path.plural + " \"" + target.name + "\" already exists")};
   }
   const ResourceInfo& info = resources_[path.plural];
   if (info.status_subresource && path.plural != "nodes") object.erase("status");
@@ -392,7 +392,8 @@ FakeApiServer::Reply FakeApiServer::MergePatch(const Path& path, const Json& pat
 
 FakeApiServer::Reply FakeApiServer::Apply(const Path& path, const Json& config_in,
                                           const std::string& manager, bool force) {
-  if (!config_in.is_object()) return {400, StatusBody(400, "BadRequest", "apply body must be an object")};
+  if (!config_in.is_object())
+    return {400, StatusBody(400, "BadRequest", "apply body must be an object")};
   const ResourceInfo& info = resources_[path.plural];
   Json config = config_in;
   if (info.status_subresource) {
@@ -430,7 +431,8 @@ FakeApiServer::Reply FakeApiServer::Apply(const Path& path, const Json& config_i
     }
   }
   if (!conflicts.empty()) {
-    std::string message = "Apply failed with " + std::to_string(conflicts.size()) + " conflict(s): ";
+    std::string message =
+        "Apply failed with " + std::to_string(conflicts.size()) + " conflict(s): ";
     for (const auto& c : conflicts) message += c + "; ";
     return {409, StatusBody(409, "Conflict", message)};
   }
@@ -535,7 +537,8 @@ void FakeApiServer::HandleWatch(const Path& path, const HttpServerRequest& reque
     std::string out;
     for (const Event& event : history_) {
       if (event.rv <= cursor) continue;
-      if (event.plural == path.plural && in_scope(event.object)) out += line(event.type, event.object);
+      if (event.plural == path.plural && in_scope(event.object))
+        out += line(event.type, event.object);
     }
     cursor = rv_;
     if (bookmark_generation_ != bookmark_generation) {
@@ -575,9 +578,8 @@ Json FakeApiServer::CreateObject(const std::string& plural, const std::string& n
 void FakeApiServer::SetStatus(const std::string& plural, const std::string& ns,
                               const std::string& name, const Json& status) {
   std::lock_guard<std::mutex> lock(mu_);
-  Reply reply = Update(Path{plural, ns, name, "status"}, Json{{"metadata", Json::object()},
-                                                              {"status", status}},
-                       true);
+  Reply reply = Update(Path{plural, ns, name, "status"},
+                       Json{{"metadata", Json::object()}, {"status", status}}, true);
   if (reply.status >= 300) throw std::runtime_error("SetStatus: " + reply.body.dump());
 }
 

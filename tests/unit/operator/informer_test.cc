@@ -50,9 +50,9 @@ struct InformerHarness {
   std::unique_ptr<Informer> informer;
 
   explicit InformerHarness(std::string selector = "") {
-    InformerOptions options{resources::kNodes, "", std::move(selector), 60,
-                            BackoffOptions{std::chrono::milliseconds(10),
-                                           std::chrono::milliseconds(100), 2.0, 0.2}};
+    InformerOptions options{
+        resources::kNodes, "", std::move(selector), 60,
+        BackoffOptions{std::chrono::milliseconds(10), std::chrono::milliseconds(100), 2.0, 0.2}};
     informer = std::make_unique<Informer>(
         *client, options, [this](EventType t, const Json& o) { recorder(t, o); },
         [this](const std::string& reason) {

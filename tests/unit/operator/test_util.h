@@ -23,7 +23,8 @@ inline std::unique_ptr<KubeClient> MakeClient(const FakeApiServer& fake,
   options.request_timeout = std::chrono::seconds(10);
   options.stream_idle_timeout = std::chrono::seconds(30);
   RetryPolicy retry;
-  retry.backoff = BackoffOptions{std::chrono::milliseconds(10), std::chrono::milliseconds(50), 2.0, 0.2};
+  retry.backoff =
+      BackoffOptions{std::chrono::milliseconds(10), std::chrono::milliseconds(50), 2.0, 0.2};
   return std::make_unique<KubeClient>(
       std::shared_ptr<HttpTransport>(MakeCppRestTransport(config, options)), retry);
 }
