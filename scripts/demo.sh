@@ -29,7 +29,7 @@ trap cleanup EXIT
 
 say "3/4 starting vfio-user-server with a virtio-blk disk (64 MiB file)"
 truncate -s 64M "$work/disk0.img"
-build/server/vfio-user-server \
+build/server/vfio-user-server --control-socket "$work/control.sock" \
   --device "virtio-blk,id=demo0,socket=$work/demo0.sock,backend=file,path=$work/disk0.img,serial=vfu-demo-disk" \
   >"$work/server.log" 2>&1 &
 server_pid=$!
@@ -67,6 +67,8 @@ while read -r _ tag _ off bytes sha; do
   [[ "$got" == "${sha#sha256=}" ]] || { host_check=failed; echo "  host: $tag NOT found in disk0.img" >&2; }
 done < <(tr -d '\r' <"$work/guest.log" | grep -a '^BLK-IO ' | sort -u)
 echo "  host: the guest's writes are in $work/disk0.img: $host_check"
+echo "  what the server counted (vfio-user-ctl stats, from its control API):"
+build/server/vfio-user-ctl stats demo0 --control-socket "$work/control.sock" | sed 's/^/    /'
 echo "  what the server logged:"
 grep -E 'client connected|negotiated|reset requested|disconnected|session ended' "$work/server.log" | sed 's/^/    /'
 if [[ $result != ok || $host_check != ok ]]; then

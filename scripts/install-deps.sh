@@ -12,6 +12,7 @@ packages=(
   libcpprest-dev prometheus-cpp-dev libpugixml-dev libssl-dev zlib1g-dev
   libvirt-clients
   python3
+  debootstrap python3-yaml python3-jsonschema
 )
 
 missing=()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up everything and runs every test: unit and integration tests (warnings as errors),
-# the same tests under AddressSanitizer/UBSan, a bounded libFuzzer run and the format check.
+# Sets up everything and runs every test: unit and integration tests of the server, device
+# plugin, KubeVirt hook and operator (warnings as errors), packaging checks, the same tests under
+# AddressSanitizer/UBSan, a bounded libFuzzer run, real-QEMU end-to-end scenarios, format and lint.
 # Idempotent; safe to run on a fresh Debian bookworm machine as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ step "build (gcc, -Werror)"
 ./scripts/build.sh release
 step "tests"
 ctest --test-dir build -j 2 --timeout 300
+
+step "packaging checks (image stages, deploy/, Helm chart, alerts, dashboard, docs vs binaries)"
+./scripts/check-packaging.sh --build-dir build
 
 step "build (ASAN + UBSAN)"
 ./scripts/build.sh asan
