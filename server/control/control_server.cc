@@ -158,6 +158,11 @@ Status ControlServer::Start(const std::string& socket_path) {
   int bound = 0;
   builder.AddListeningPort("unix:" + socket_path, grpc::InsecureServerCredentials(), &bound);
   builder.RegisterService(service_.get());
+  // Watchers (the device plugin) may probe a quiet stream with HTTP/2 pings to notice a hung
+  // server quickly; allow pings every 500 ms, also without calls in flight.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   server_ = builder.BuildAndStart();
   if (!server_ || bound == 0) {
     server_.reset();
