@@ -147,7 +147,8 @@ TEST_F(DeviceManagerTest, RemovingAConnectedDeviceWaitsForItsClientToLeave) {
   ApplyReport r = m.Apply({Plan("b")});
   EXPECT_EQ(r.removal_deferred, std::vector<std::string>{"a"});
   EXPECT_TRUE(r.removed.empty());
-  const DeviceStatus* a = Find(m.Devices(), "a");
+  DeviceListSnapshot after = m.Devices();
+  const DeviceStatus* a = Find(after, "a");
   ASSERT_NE(a, nullptr);
   EXPECT_TRUE(a->removal_pending);
   EXPECT_TRUE((*c)->GetDeviceInfo().ok()) << "the connected VM keeps its device";
@@ -210,7 +211,8 @@ TEST_F(DeviceManagerTest, DeviceThatCannotStartIsUnhealthyAndStartsOnceItsFileAp
   std::string image = dir_.File("later.img");
   ApplyReport r = m.Apply({Plan("a", "backend=file,path=" + image), Plan("b")});
   ASSERT_EQ(r.failed.size(), 1u);
-  const DeviceStatus* a = Find(m.Devices(), "a");
+  DeviceListSnapshot first = m.Devices();
+  const DeviceStatus* a = Find(first, "a");
   ASSERT_NE(a, nullptr);
   EXPECT_FALSE(a->healthy);
   EXPECT_NE(a->health_reason.find("later.img"), std::string::npos) << a->health_reason;
