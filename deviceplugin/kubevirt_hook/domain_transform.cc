@@ -197,8 +197,9 @@ Result<std::string> AttachDevicesToDomain(std::string_view domain_xml, const Dev
 }
 
 Result<std::string> OnDefineDomain(std::string_view domain_xml, std::string_view vmi_json,
-                                   std::string_view device_socket_root) {
-  auto plan = PlanDevicesFromVmi(vmi_json, device_socket_root);
+                                   std::string_view device_socket_root,
+                                   const deviceplugin::ResourceNaming& naming) {
+  auto plan = PlanDevicesFromVmi(vmi_json, device_socket_root, naming);
   if (!plan) return plan.error();
   auto domain = AttachDevicesToDomain(domain_xml, *plan);
   if (!domain) {

@@ -31,9 +31,12 @@ inline constexpr std::string_view kQemuNamespace = "http://libvirt.org/schemas/d
 // cannot be shared with the devices.
 Result<std::string> AttachDevicesToDomain(std::string_view domain_xml, const DevicePlan& plan);
 
-// OnDefineDomain as a function: plans from the VMI JSON and edits the domain. A VMI without
-// vfio-user requests (and a domain without devices of ours) gets the domain back unchanged.
-Result<std::string> OnDefineDomain(std::string_view domain_xml, std::string_view vmi_json,
-                                   std::string_view device_socket_root = kDefaultDeviceSocketRoot);
+// OnDefineDomain as a function: plans from the VMI JSON (resource names mapped to classes by
+// `naming`) and edits the domain. A VMI without vfio-user requests (and a domain without
+// devices of ours) gets the domain back unchanged.
+Result<std::string> OnDefineDomain(
+    std::string_view domain_xml, std::string_view vmi_json,
+    std::string_view device_socket_root = kDefaultDeviceSocketRoot,
+    const deviceplugin::ResourceNaming& naming = deviceplugin::ResourceNaming());
 
 }  // namespace vfu::kubevirt_hook

@@ -57,14 +57,16 @@ class InfoService final : public info::Info::Service {
 
 class CallbacksService final : public v1alpha3::Callbacks::Service {
  public:
-  CallbacksService(std::string device_socket_root, int shutdown_fd, std::atomic<bool>* requested)
+  CallbacksService(std::string device_socket_root, deviceplugin::ResourceNaming naming,
+                   int shutdown_fd, std::atomic<bool>* requested)
       : device_socket_root_(std::move(device_socket_root)),
+        naming_(std::move(naming)),
         shutdown_fd_(shutdown_fd),
         requested_(requested) {}
 
   grpc::Status OnDefineDomain(grpc::ServerContext*, const v1alpha3::OnDefineDomainParams* params,
                               v1alpha3::OnDefineDomainResult* result) override {
-    auto plan = PlanDevicesFromVmi(params->vmi(), device_socket_root_);
+    auto plan = PlanDevicesFromVmi(params->vmi(), device_socket_root_, naming_);
     if (!plan) {
       Log::Write(LogLevel::kError, "cannot read the VMI", {{"error", plan.error().message}});
       return ToGrpc(plan.error());
@@ -107,6 +109,7 @@ class CallbacksService final : public v1alpha3::Callbacks::Service {
 
  private:
   std::string device_socket_root_;
+  deviceplugin::ResourceNaming naming_;
   int shutdown_fd_;
   std::atomic<bool>* requested_;
 };
@@ -123,6 +126,7 @@ struct HookServer::Impl {
 };
 
 Result<std::unique_ptr<HookServer>> HookServer::Start(HookServerOptions options) {
+  VFU_RETURN_IF_ERROR(options.naming.Validate());
   if (options.socket_path.empty() || options.socket_path.size() >= sizeof(sockaddr_un{}.sun_path)) {
     return MakeError(EINVAL, "socket path '" + options.socket_path + "' is empty or too long");
   }
@@ -143,8 +147,9 @@ Result<std::unique_ptr<HookServer>> HookServer::Start(HookServerOptions options)
   impl->shutdown_fd = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!impl->shutdown_fd) return MakeError(errno, std::string("eventfd: ") + std::strerror(errno));
   impl->info = std::make_unique<InfoService>(impl->options.name);
-  impl->callbacks = std::make_unique<CallbacksService>(
-      impl->options.device_socket_root, impl->shutdown_fd.get(), &impl->shutdown_requested);
+  impl->callbacks =
+      std::make_unique<CallbacksService>(impl->options.device_socket_root, impl->options.naming,
+                                         impl->shutdown_fd.get(), &impl->shutdown_requested);
 
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix:" + impl->options.socket_path, grpc::InsecureServerCredentials());

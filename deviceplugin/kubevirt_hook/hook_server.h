@@ -27,6 +27,9 @@ struct HookServerOptions {
   std::string socket_path;  // e.g. /var/run/kubevirt-hooks/vfio-user.sock
   std::string name = std::string(kDefaultHookName);
   std::string device_socket_root = std::string(kDefaultDeviceSocketRoot);
+  // Which requested resources are vfio-user devices of which class (--resource-prefix,
+  // --resource-name); must match the device plugin's.
+  deviceplugin::ResourceNaming naming;
 };
 
 class HookServer {

@@ -1,9 +1,11 @@
 // vfio-user-kubevirt-hook: KubeVirt hook sidecar that attaches the vfio-user devices a VMI
-// requests (resources vfio-user.io/<class>) to its libvirt domain. See docs/kubevirt.md.
+// requests (resources vfio-user.io/<class>, or a name given to a class with --resource-name)
+// to its libvirt domain. See docs/kubevirt.md.
 //
 //   vfio-user-kubevirt-hook [--socket-dir /var/run/kubevirt-hooks] [--name vfio-user]
+//                           [--resource-name CLASS=NAME ...]
 //       serve the hook API on <socket-dir>/<name>.sock until virt-launcher calls Shutdown or
-//       SIGTERM/SIGINT arrives (exit code 0 either way)
+//       SIGTERM/SIGINT arrives (exit code 0 either way); exit code 2 for bad flags
 //   vfio-user-kubevirt-hook --transform-domain DOMAIN.xml --vmi VMI.json
 //       print the domain OnDefineDomain would return (offline, for troubleshooting)
 //   vfio-user-kubevirt-hook --print-qemu-args DOMAIN.xml [--socket-root-on-host DIR]
@@ -19,6 +21,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "deviceplugin/kubevirt_hook/domain_transform.h"
 #include "deviceplugin/kubevirt_hook/hook_server.h"
@@ -45,10 +48,10 @@ bool ReadFile(const std::string& path, std::string* text) {
 }
 
 int TransformDomain(const std::string& domain_path, const std::string& vmi_path,
-                    const std::string& device_socket_root) {
+                    const HookServerOptions& options) {
   std::string domain, vmi;
   if (!ReadFile(domain_path, &domain) || !ReadFile(vmi_path, &vmi)) return 2;
-  auto result = OnDefineDomain(domain, vmi, device_socket_root);
+  auto result = OnDefineDomain(domain, vmi, options.device_socket_root, options.naming);
   if (!result) {
     std::fprintf(stderr, "error: %s\n", result.error().message.c_str());
     return 1;
@@ -93,7 +96,9 @@ int Serve(HookServerOptions options) {
              {{"version", kVersion},
               {"socket", options.socket_path},
               {"name", options.name},
-              {"device_socket_root", options.device_socket_root}});
+              {"device_socket_root", options.device_socket_root},
+              {"resource_prefix", options.naming.prefix()},
+              {"resource_names", options.naming.DescribeOverrides()}});
 
   pollfd fds[2] = {{signal_fd.get(), POLLIN, 0}, {(*server)->shutdown_requested_fd(), POLLIN, 0}};
   while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
@@ -115,7 +120,8 @@ int Serve(HookServerOptions options) {
 int Main(int argc, char** argv) {
   CLI::App app{
       "vfio-user-kubevirt-hook: KubeVirt hook sidecar (hooks API v1alpha3) that attaches the "
-      "vfio-user devices a VMI requests (vfio-user.io/<class>) to its libvirt domain"};
+      "vfio-user devices a VMI requests (vfio-user.io/<class>, or --resource-name) to its "
+      "libvirt domain"};
   std::string socket_dir(kDefaultHookSocketDir);
   HookServerOptions options;
   std::string transform_path, vmi_path, qemu_args_path;
@@ -123,6 +129,8 @@ int Main(int argc, char** argv) {
   std::string log_level = "info";
   std::string log_format = "text";
   bool show_version = false;
+  std::string resource_prefix(deviceplugin::kDefaultResourcePrefix);
+  std::vector<std::string> resource_name_flags;
   app.add_option("--socket-dir", socket_dir,
                  "directory virt-launcher scans for hook sockets; the socket is <dir>/<name>.sock")
       ->capture_default_str();
@@ -132,6 +140,17 @@ int Main(int argc, char** argv) {
                  "where the device plugin mounts device sockets in the compute container; the "
                  "i-th device of a class is <root>/<class>/<i>/vfio-user.sock")
       ->capture_default_str();
+  app.add_option("--resource-prefix", resource_prefix,
+                 "requests of <prefix>/<class> are devices of that class (as the device "
+                 "plugin's --resource-prefix)")
+      ->capture_default_str();
+  // One CLASS=NAME per occurrence (no greedy vector parsing), repeatable.
+  app.add_option("--resource-name", resource_name_flags,
+                 "CLASS=NAME: requests of the extended resource NAME are devices of class CLASS "
+                 "(as the device plugin's --resource-name, e.g. "
+                 "virtio-blk=example.com/fast-disk); repeatable, once per class")
+      ->type_name("CLASS=NAME")
+      ->allow_extra_args(false);
   app.add_option("--transform-domain", transform_path,
                  "offline: print the domain XML OnDefineDomain returns for this domain (needs "
                  "--vmi)");
@@ -144,7 +163,12 @@ int Main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "debug, info, warn or error")->capture_default_str();
   app.add_option("--log-format", log_format, "text or json")->capture_default_str();
   app.add_flag("--version", show_version, "print the version and exit");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help exits 0; every malformed command line exits 2, like the checks below.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   if (show_version) {
     std::printf("vfio-user-kubevirt-hook %s (hooks API %s)\n", kVersion,
@@ -171,13 +195,23 @@ int Main(int argc, char** argv) {
     options.device_socket_root.pop_back();
   }
   qemu_options.socket_root = options.device_socket_root;
+  auto overrides = deviceplugin::ParseResourceNameFlags(resource_name_flags);
+  if (!overrides) {
+    std::fprintf(stderr, "error: --resource-name: %s\n", overrides.error().message.c_str());
+    return 2;
+  }
+  options.naming = deviceplugin::ResourceNaming(resource_prefix, std::move(*overrides));
+  if (Status s = options.naming.Validate(); !s.ok()) {
+    std::fprintf(stderr, "error: --resource-name/--resource-prefix: %s\n", s.message().c_str());
+    return 2;
+  }
 
   if (!transform_path.empty()) {
     if (vmi_path.empty()) {
       std::fprintf(stderr, "error: --transform-domain needs --vmi\n");
       return 2;
     }
-    return TransformDomain(transform_path, vmi_path, options.device_socket_root);
+    return TransformDomain(transform_path, vmi_path, options);
   }
   if (!qemu_args_path.empty()) return PrintQemuArgs(qemu_args_path, qemu_options);
   options.socket_path = socket_dir + "/" + options.name + ".sock";

@@ -12,8 +12,8 @@ namespace {
 
 using nlohmann::json;
 
-// The name part of a Kubernetes qualified name (what follows "vfio-user.io/"), limited to what
-// is also safe in a path segment and in a QEMU id.
+// A class name as it comes from a requested resource (the name part of a Kubernetes qualified
+// name), limited to what is also safe in a path segment and in a QEMU id.
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 bool IsNameChar(char c) { return IsAlnum(c) || c == '_' || c == '.' || c == '-'; }
 
@@ -64,13 +64,15 @@ Result<unsigned> ParseCount(const std::string& resource, const json& value) {
   return count;
 }
 
-// resource name -> count, for one of spec.domain.resources.{requests,limits}.
-Result<std::map<std::string, unsigned>> ReadResourceList(const json& list) {
+// resource name -> count of the vfio-user resources (those `naming` maps to a class), for one
+// of spec.domain.resources.{requests,limits}.
+Result<std::map<std::string, unsigned>> ReadResourceList(
+    const json& list, const deviceplugin::ResourceNaming& naming) {
   std::map<std::string, unsigned> counts;
   if (list.is_null()) return counts;
   if (!list.is_object()) return MakeError(EINVAL, "spec.domain.resources is malformed");
   for (const auto& [name, value] : list.items()) {
-    if (!name.starts_with(kResourcePrefix)) continue;
+    if (!naming.ClassFor(name)) continue;
     auto count = ParseCount(name, value);
     if (!count) return count.error();
     counts[name] = *count;
@@ -143,7 +145,8 @@ std::string DeviceSocketPath(std::string_view socket_root, std::string_view devi
          std::string(kDeviceSocketName);
 }
 
-Result<DevicePlan> PlanDevicesFromVmi(std::string_view vmi_json, std::string_view socket_root) {
+Result<DevicePlan> PlanDevicesFromVmi(std::string_view vmi_json, std::string_view socket_root,
+                                      const deviceplugin::ResourceNaming& naming) {
   json vmi = json::parse(vmi_json.begin(), vmi_json.end(), nullptr, /*allow_exceptions=*/false);
   if (!vmi.is_object()) return MakeError(EINVAL, "the VMI is not a JSON object");
 
@@ -154,9 +157,9 @@ Result<DevicePlan> PlanDevicesFromVmi(std::string_view vmi_json, std::string_vie
                   (name.is_string() ? name.get<std::string>() : std::string("<unnamed>"));
 
   const json& resources = Path(vmi, {"spec", "domain", "resources"});
-  auto requests = ReadResourceList(Path(resources, {"requests"}));
+  auto requests = ReadResourceList(Path(resources, {"requests"}), naming);
   if (!requests) return requests.error();
-  auto limits = ReadResourceList(Path(resources, {"limits"}));
+  auto limits = ReadResourceList(Path(resources, {"limits"}), naming);
   if (!limits) return limits.error();
 
   // As for every extended resource: limits and requests must agree where both are given, and
@@ -171,8 +174,31 @@ Result<DevicePlan> PlanDevicesFromVmi(std::string_view vmi_json, std::string_vie
     counts[resource] = count;
   }
 
+  // class -> count, sorted by class name. The plugin mounts a class's devices at
+  // <root>/<class>/<i> whatever the resource is called, so one class may come from one
+  // resource only.
+  std::map<std::string, unsigned> class_counts;
+  std::map<std::string, std::string> resource_of_class;
+  for (const auto& [resource, count] : counts) {
+    std::string device_class = *naming.ClassFor(resource);
+    if (!IsValidClass(device_class)) {
+      return MakeError(EINVAL, "resource " + resource + ": '" + device_class +
+                                   "' is not a valid device class name");
+    }
+    if (count == 0) continue;
+    auto [it, inserted] = resource_of_class.emplace(device_class, resource);
+    if (!inserted) {
+      return MakeError(EINVAL, "resources " + it->second + " and " + resource +
+                                   " are both device class " + device_class +
+                                   "; a VMI can request devices of a class under one name only");
+    }
+    class_counts[device_class] = count;
+  }
+
   unsigned total = 0;
-  for (const auto& [resource, count] : counts) total += std::min(count, kMaxDevicesPerVmi + 1);
+  for (const auto& [device_class, count] : class_counts) {
+    total += std::min(count, kMaxDevicesPerVmi + 1);
+  }
   if (total > kMaxDevicesPerVmi) {
     return MakeError(EINVAL, "the VMI requests " + std::to_string(total) +
                                  " vfio-user devices; at most " +
@@ -183,12 +209,7 @@ Result<DevicePlan> PlanDevicesFromVmi(std::string_view vmi_json, std::string_vie
   if (!placements) return placements.error();
 
   std::set<std::string> ids;
-  for (const auto& [resource, count] : counts) {  // std::map: sorted by class name
-    std::string device_class = resource.substr(kResourcePrefix.size());
-    if (!IsValidClass(device_class)) {
-      return MakeError(EINVAL, "resource " + resource + ": '" + device_class +
-                                   "' is not a valid device class name");
-    }
+  for (const auto& [device_class, count] : class_counts) {  // std::map: sorted by class name
     for (unsigned i = 0; i < count; ++i) {
       PlannedDevice device;
       device.device_class = device_class;

@@ -2,7 +2,10 @@
 //
 // A VMI requests devices like any extended resource, `vfio-user.io/<class>: N` under
 // spec.domain.resources (KubeVirt copies them to the compute container, so the kubelet asks our
-// device plugin to allocate N devices of that class). The sidecar never sees the compute
+// device plugin to allocate N devices of that class). A pool may give a class another resource
+// name (the plugin's and the hook's `--resource-name CLASS=NAME`): a ResourceNaming maps the
+// requested names back to classes, and two names of one class in one VMI are refused (both
+// would be mounted at the same container paths). The sidecar never sees the compute
 // container's mounts or env, so the device plugin makes socket paths deterministic: the i-th
 // device of a class is at `<root>/<class>/<i>/vfio-user.sock` in the container (root
 // /var/run/vfio-user). A DevicePlan lists those devices in a stable order (classes sorted by
@@ -16,11 +19,11 @@
 #include <string_view>
 #include <vector>
 
+#include "deviceplugin/plugin/resource_names.h"
 #include "server/common/status.h"
 
 namespace vfu::kubevirt_hook {
 
-inline constexpr std::string_view kResourcePrefix = "vfio-user.io/";
 inline constexpr std::string_view kDefaultDeviceSocketRoot = "/var/run/vfio-user";
 inline constexpr std::string_view kDeviceSocketName = "vfio-user.sock";
 inline constexpr std::string_view kPlacementAnnotation = "vfio-user.io/pci-placement";
@@ -53,10 +56,12 @@ std::string DeviceId(std::string_view device_class, unsigned index);
 std::string DeviceSocketPath(std::string_view socket_root, std::string_view device_class,
                              unsigned index);
 
-// Reads the requested vfio-user devices from a VMI (JSON). A VMI without such requests gives an
-// empty plan. Errors (EINVAL): not JSON, a count that is not a whole number, requests and limits
-// that disagree, an invalid class name or placement annotation.
-Result<DevicePlan> PlanDevicesFromVmi(std::string_view vmi_json,
-                                      std::string_view socket_root = kDefaultDeviceSocketRoot);
+// Reads the requested vfio-user devices from a VMI (JSON): the resources `naming` maps to a
+// class. A VMI without such requests gives an empty plan. Errors (EINVAL): not JSON, a count
+// that is not a whole number, requests and limits that disagree, two requested resources of
+// one class, an invalid class name or placement annotation.
+Result<DevicePlan> PlanDevicesFromVmi(
+    std::string_view vmi_json, std::string_view socket_root = kDefaultDeviceSocketRoot,
+    const deviceplugin::ResourceNaming& naming = deviceplugin::ResourceNaming());
 
 }  // namespace vfu::kubevirt_hook

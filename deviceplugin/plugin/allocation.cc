@@ -9,10 +9,6 @@
 
 namespace vfu::deviceplugin {
 
-std::string ResourceName(const std::string& prefix, const std::string& device_class) {
-  return prefix + "/" + device_class;
-}
-
 std::string PluginSocketName(const std::string& device_class) {
   return "vfio-user-" + device_class + ".sock";
 }
@@ -24,50 +20,6 @@ std::string EnvVarPrefix(const std::string& device_class) {
     out += std::isalnum(u) ? static_cast<char>(std::toupper(u)) : '_';
   }
   return out;
-}
-
-namespace {
-bool IsDnsLabel(std::string_view label) {
-  if (label.empty() || label.size() > 63) return false;
-  for (char c : label) {
-    if (!(std::islower(static_cast<unsigned char>(c)) ||
-          std::isdigit(static_cast<unsigned char>(c)) || c == '-')) {
-      return false;
-    }
-  }
-  return label.front() != '-' && label.back() != '-';
-}
-}  // namespace
-
-Status ValidateResourcePrefix(const std::string& prefix) {
-  if (prefix.empty() || prefix.size() > 253) {
-    return MakeError(EINVAL, "resource prefix must be a DNS subdomain of 1-253 characters");
-  }
-  size_t start = 0;
-  while (true) {
-    size_t dot = prefix.find('.', start);
-    std::string_view label(prefix.data() + start,
-                           (dot == std::string::npos ? prefix.size() : dot) - start);
-    if (!IsDnsLabel(label)) {
-      return MakeError(EINVAL, "resource prefix '" + prefix +
-                                   "' is not a DNS subdomain (lower-case labels of a-z, 0-9, '-')");
-    }
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  if (prefix == "kubernetes.io" || (prefix.size() > 14 && prefix.ends_with(".kubernetes.io"))) {
-    return MakeError(EINVAL, "resource prefix '" + prefix +
-                                 "' is reserved: the kubelet refuses kubernetes.io resources");
-  }
-  return Status::Ok();
-}
-
-Status ValidateDeviceClass(const std::string& device_class) {
-  if (!IsDnsLabel(device_class)) {
-    return MakeError(EINVAL, "device class '" + device_class +
-                                 "' is not a DNS label (a-z, 0-9, '-', at most 63 characters)");
-  }
-  return Status::Ok();
 }
 
 v1beta1::ListAndWatchResponse BuildDeviceList(const std::vector<AdvertisedDevice>& devices) {

@@ -1,7 +1,7 @@
 // Allocation rules of the device plugin as pure functions (no I/O, no locks), so that every
 // rule is testable on its own:
-//  - names: resource `<prefix>/<class>`, plugin socket `vfio-user-<class>.sock`, env variables
-//    `VFIO_USER_<CLASS>_SOCKETS` / `VFIO_USER_<CLASS>_DEVICE_IDS`;
+//  - names: plugin socket `vfio-user-<class>.sock`, env variables `VFIO_USER_<CLASS>_SOCKETS` /
+//    `VFIO_USER_<CLASS>_DEVICE_IDS` (resource names: resource_names.h);
 //  - Allocate: the i-th device (in sorted ID order) has its socket DIRECTORY mounted at
 //    `/var/run/vfio-user/<class>/<i>` (a server restart replaces the socket inode, a directory
 //    mount survives that), and the env variables list the container socket paths and IDs in
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "deviceplugin/plugin/device_registry.h"
+#include "deviceplugin/plugin/resource_names.h"
 #include "deviceplugin/v1beta1/api.pb.h"
 #include "server/common/status.h"
 
@@ -25,15 +26,9 @@ inline constexpr const char* kHealthy = "Healthy";
 inline constexpr const char* kUnhealthy = "Unhealthy";
 inline constexpr size_t kMaxDeviceIdLength = 63;
 
-std::string ResourceName(const std::string& prefix, const std::string& device_class);
 std::string PluginSocketName(const std::string& device_class);
 // "virtio-blk" -> "VFIO_USER_VIRTIO_BLK" (upper case, every other character than [A-Z0-9] -> _).
 std::string EnvVarPrefix(const std::string& device_class);
-// A resource prefix must be a DNS subdomain and must not be kubernetes.io (the kubelet refuses
-// those for extended resources).
-Status ValidateResourcePrefix(const std::string& prefix);
-// A device class must be usable as the name part of a resource name and in a file name.
-Status ValidateDeviceClass(const std::string& device_class);
 
 // The ListAndWatch message for these devices.
 v1beta1::ListAndWatchResponse BuildDeviceList(const std::vector<AdvertisedDevice>& devices);

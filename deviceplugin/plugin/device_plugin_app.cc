@@ -7,13 +7,14 @@ namespace vfu::deviceplugin {
 
 DevicePluginApp::DevicePluginApp(PluginConfig config)
     : config_(std::move(config)),
+      naming_(config_.resource_prefix, config_.resource_names),
       stats_(config_.control_socket),
-      metrics_(&registry_, &in_use_, &stats_, config_.resource_prefix) {}
+      metrics_(&registry_, &in_use_, &stats_, naming_) {}
 
 DevicePluginApp::~DevicePluginApp() { Stop(); }
 
 Status DevicePluginApp::Start() {
-  VFU_RETURN_IF_ERROR(ValidateResourcePrefix(config_.resource_prefix));
+  VFU_RETURN_IF_ERROR(naming_.Validate());
   if (!config_.metrics_address.empty()) {
     Result<std::unique_ptr<MetricsServer>> server =
         MetricsServer::Start(config_.metrics_address, metrics_);
@@ -32,7 +33,7 @@ Status DevicePluginApp::Start() {
 
   RegistrarOptions reg;
   reg.kubelet_dir = config_.kubelet_dir;
-  reg.resource_prefix = config_.resource_prefix;
+  reg.naming = naming_;
   reg.pre_start_required = config_.pre_start_container;
   reg.socket_check_interval = config_.socket_check_interval;
   reg.max_backoff = config_.max_register_backoff;
@@ -78,8 +79,8 @@ void DevicePluginApp::RefreshLoop() {
       refresh_requested_ = false;
     }
     uint64_t token = in_use_.BeginRefresh();
-    Result<InUseMap> in_use = ListDevicesInUse(config_.pod_resources_socket,
-                                               config_.resource_prefix, std::chrono::seconds(2));
+    Result<InUseMap> in_use =
+        ListDevicesInUse(config_.pod_resources_socket, naming_, std::chrono::seconds(2));
     if (!in_use.ok()) {
       Log::Write(first ? LogLevel::kWarn : LogLevel::kDebug,
                  "pod-resources: cannot list devices in use", {{"error", in_use.error().message}});

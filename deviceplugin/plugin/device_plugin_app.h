@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,6 +18,7 @@
 #include "deviceplugin/plugin/kubelet_registrar.h"
 #include "deviceplugin/plugin/metrics.h"
 #include "deviceplugin/plugin/pod_resources.h"
+#include "deviceplugin/plugin/resource_names.h"
 #include "server/common/status.h"
 
 namespace vfu::deviceplugin {
@@ -25,7 +27,10 @@ struct PluginConfig {
   std::string control_socket = "/var/run/vfio-user/control.sock";
   std::string kubelet_dir = "/var/lib/kubelet/device-plugins";
   std::string pod_resources_socket = "/var/lib/kubelet/pod-resources/kubelet.sock";
-  std::string resource_prefix = "vfio-user.io";
+  std::string resource_prefix = std::string(kDefaultResourcePrefix);
+  // class -> extended resource name, replacing <resource_prefix>/<class> for that class
+  // (--resource-name CLASS=NAME).
+  std::map<std::string, std::string> resource_names;
   std::string metrics_address = ":9478";  // empty: no metrics server
   bool pre_start_container = false;
   std::chrono::milliseconds pod_resources_interval{30000};
@@ -55,6 +60,7 @@ class DevicePluginApp {
   void RefreshLoop();
 
   PluginConfig config_;
+  ResourceNaming naming_;
   DeviceRegistry registry_;
   InUseTracker in_use_;
   ControlStatsClient stats_;

@@ -96,13 +96,22 @@ void KubeletRegistrar::AddNewClasses() {
     if (plugins_.count(device_class)) continue;
     ClassPlugin p;
     p.device_class = device_class;
-    p.resource = ResourceName(options_.resource_prefix, device_class);
+    p.resource = options_.naming.ResourceFor(device_class);
     p.socket_path = options_.kubelet_dir + "/" + PluginSocketName(device_class);
     p.next_attempt = Clock::now();
     if (Status s = ValidateDeviceClass(device_class); !s.ok()) {
       Log::Write(LogLevel::kError, "registrar: device class cannot be a resource, not served",
                  {{"class", device_class}, {"error", s.message()}});
       p.next_attempt = Clock::time_point::max();
+    }
+    // Possible when a --resource-name override equals <prefix>/<another class>.
+    for (const auto& [other_class, other] : plugins_) {
+      if (other.resource == p.resource && other.next_attempt != Clock::time_point::max()) {
+        Log::Write(LogLevel::kError,
+                   "registrar: another device class already has this resource name, not served",
+                   {{"class", device_class}, {"resource", p.resource}, {"other", other_class}});
+        p.next_attempt = Clock::time_point::max();
+      }
     }
     plugins_.emplace(device_class, std::move(p));
   }

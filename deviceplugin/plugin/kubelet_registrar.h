@@ -2,7 +2,9 @@
 // kubelet restarts, without races. Everything happens on one loop thread, so registrations of
 // a class never overlap:
 //  - a class seen in the DeviceRegistry gets a PluginServer on
-//    <kubelet dir>/vfio-user-<class>.sock, then Register on kubelet.sock;
+//    <kubelet dir>/vfio-user-<class>.sock, then Register on kubelet.sock for the class's
+//    resource (options.naming: <prefix>/<class> or the class's --resource-name); a class whose
+//    resource another class already has is not served (the kubelet would mix their devices);
 //  - inotify on the kubelet dir: kubelet.sock created (a new kubelet) re-registers every class,
 //    our own socket deleted or replaced (the new kubelet cleans the directory) re-registers that
 //    class. Both build a fresh gRPC server on a fresh socket first. A stat of each own socket on
@@ -23,6 +25,7 @@
 #include "deviceplugin/plugin/metrics.h"
 #include "deviceplugin/plugin/plugin_server.h"
 #include "deviceplugin/plugin/pod_resources.h"
+#include "deviceplugin/plugin/resource_names.h"
 #include "server/common/status.h"
 #include "server/common/unique_fd.h"
 
@@ -32,7 +35,7 @@ inline constexpr const char* kKubeletSocketName = "kubelet.sock";
 
 struct RegistrarOptions {
   std::string kubelet_dir = "/var/lib/kubelet/device-plugins";
-  std::string resource_prefix = "vfio-user.io";
+  ResourceNaming naming;
   bool pre_start_required = false;
   std::chrono::milliseconds register_timeout{5000};
   std::chrono::milliseconds initial_backoff{100};

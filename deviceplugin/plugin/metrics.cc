@@ -44,8 +44,8 @@ ClientMetric& AddSample(MetricFamily* family, std::vector<ClientMetric::Label> l
 class PluginStateCollector : public prometheus::Collectable {
  public:
   PluginStateCollector(const DeviceRegistry* registry, const InUseTracker* in_use,
-                       std::string prefix)
-      : registry_(registry), in_use_(in_use), prefix_(std::move(prefix)) {}
+                       ResourceNaming naming)
+      : registry_(registry), in_use_(in_use), naming_(std::move(naming)) {}
 
   std::vector<MetricFamily> Collect() const override {
     MetricFamily devices =
@@ -65,7 +65,7 @@ class PluginStateCollector : public prometheus::Collectable {
                   MetricType::Gauge);
     InUseMap users = in_use_->Snapshot();
     for (const std::string& device_class : registry_->Classes()) {
-      std::string resource = ResourceName(prefix_, device_class);
+      std::string resource = naming_.ResourceFor(device_class);
       int healthy = 0, unhealthy = 0;
       for (const AdvertisedDevice& d : registry_->DevicesOfClass(device_class)) {
         (d.healthy ? healthy : unhealthy)++;
@@ -93,7 +93,7 @@ class PluginStateCollector : public prometheus::Collectable {
  private:
   const DeviceRegistry* registry_;
   const InUseTracker* in_use_;
-  std::string prefix_;
+  ResourceNaming naming_;
 };
 
 // The server's statistics, fetched during the scrape.
@@ -203,10 +203,10 @@ class ServerStatsCollector : public prometheus::Collectable {
 }  // namespace
 
 Metrics::Metrics(const DeviceRegistry* registry, const InUseTracker* in_use, StatsSource* stats,
-                 std::string resource_prefix)
-    : resource_prefix_(std::move(resource_prefix)),
-      registry_(std::make_shared<prometheus::Registry>()),
-      state_collector_(std::make_shared<PluginStateCollector>(registry, in_use, resource_prefix_)) {
+                 ResourceNaming naming)
+    : registry_(std::make_shared<prometheus::Registry>()),
+      state_collector_(
+          std::make_shared<PluginStateCollector>(registry, in_use, std::move(naming))) {
   if (stats != nullptr) stats_collector_ = std::make_shared<ServerStatsCollector>(stats);
   allocations_ = &prometheus::BuildCounter()
                       .Name("vfio_user_allocations_total")

@@ -26,6 +26,7 @@
 #include "control.pb.h"
 #include "deviceplugin/plugin/device_registry.h"
 #include "deviceplugin/plugin/pod_resources.h"
+#include "deviceplugin/plugin/resource_names.h"
 #include "server/common/status.h"
 
 namespace vfu::deviceplugin {
@@ -41,7 +42,7 @@ class Metrics {
  public:
   // `stats` may be null (no server statistics). The pointers must outlive this object.
   Metrics(const DeviceRegistry* registry, const InUseTracker* in_use, StatsSource* stats,
-          std::string resource_prefix);
+          ResourceNaming naming);
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
@@ -57,7 +58,6 @@ class Metrics {
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables() const;
 
  private:
-  std::string resource_prefix_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<prometheus::Collectable> state_collector_;
   std::shared_ptr<prometheus::Collectable> stats_collector_;

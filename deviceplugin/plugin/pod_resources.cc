@@ -7,8 +7,7 @@
 namespace vfu::deviceplugin {
 
 Result<InUseMap> ListDevicesInUse(const std::string& pod_resources_socket,
-                                  const std::string& resource_prefix,
-                                  std::chrono::milliseconds timeout) {
+                                  const ResourceNaming& naming, std::chrono::milliseconds timeout) {
   auto channel =
       grpc::CreateChannel("unix:" + pod_resources_socket, grpc::InsecureChannelCredentials());
   auto stub = v1::PodResourcesLister::NewStub(channel);
@@ -21,11 +20,14 @@ Result<InUseMap> ListDevicesInUse(const std::string& pod_resources_socket,
         EIO, "pod-resources List on " + pod_resources_socket + ": " + status.error_message());
   }
   InUseMap in_use;
-  std::string wanted = resource_prefix + "/";
   for (const v1::PodResources& pod : response.pod_resources()) {
     for (const v1::ContainerResources& container : pod.containers()) {
       for (const v1::ContainerDevices& devices : container.devices()) {
-        if (!devices.resource_name().starts_with(wanted)) continue;
+        std::optional<std::string> device_class = naming.ClassFor(devices.resource_name());
+        // Only what this plugin registers (not the default name of an overridden class).
+        if (!device_class || naming.ResourceFor(*device_class) != devices.resource_name()) {
+          continue;
+        }
         for (const std::string& id : devices.device_ids()) {
           in_use[devices.resource_name()][id] =
               DeviceUser{pod.name(), pod.namespace_(), container.name()};

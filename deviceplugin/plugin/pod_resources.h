@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "deviceplugin/plugin/resource_names.h"
 #include "server/common/status.h"
 
 namespace vfu::deviceplugin {
@@ -26,11 +27,10 @@ struct DeviceUser {
 // resource name -> device ID -> who holds it.
 using InUseMap = std::map<std::string, std::map<std::string, DeviceUser>>;
 
-// Lists the devices of resources starting with `resource_prefix + "/"` that the kubelet has
-// assigned to containers, over the pod-resources socket.
+// Lists the devices of the resources the plugin registers (naming.ResourceFor of some class)
+// that the kubelet has assigned to containers, over the pod-resources socket.
 Result<InUseMap> ListDevicesInUse(const std::string& pod_resources_socket,
-                                  const std::string& resource_prefix,
-                                  std::chrono::milliseconds timeout);
+                                  const ResourceNaming& naming, std::chrono::milliseconds timeout);
 
 class InUseTracker {
  public:

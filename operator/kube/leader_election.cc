@@ -16,7 +16,7 @@ std::string FormatTime(std::chrono::system_clock::time_point t, bool micro) {
   std::string out = text;
   if (micro) {
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(t - seconds).count();
-    char frac[16];
+    char frac[24];  // room for any long long, so -Wformat-truncation stays quiet
     std::snprintf(frac, sizeof(frac), ".%06lld", static_cast<long long>(us));
     out += frac;
   }

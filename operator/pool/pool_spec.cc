@@ -27,7 +27,61 @@ uint64_t SizeBytes(const std::string& text) {
   return value << shift;
 }
 
+// Whether `path` is `dir` or lies below it.
+bool IsSameOrInside(const std::string& path, const std::string& dir) {
+  return path == dir || (path.size() > dir.size() && path.starts_with(dir) &&
+                         (dir == "/" || path[dir.size()] == '/'));
+}
+
+// Directories the server container mounts besides the backends: a backend directory must not
+// be one of them, contain one, or lie inside one (duplicate or shadowing mounts). /var/run is
+// a symlink to /run on current distributions, so /run/vfio-user is the socket root too.
+constexpr const char* kReservedMountPaths[] = {kSocketRoot, "/run/vfio-user", "/etc/vfio-user"};
+
+std::optional<std::string> BackendDirectoryProblem(const std::string& dir) {
+  if (dir == "/") return "a backend file cannot be in / (the directory is mounted into the server)";
+  for (const char* reserved : kReservedMountPaths) {
+    if (IsSameOrInside(dir, reserved) || IsSameOrInside(reserved, dir)) {
+      return "the backend directory " + dir + " overlaps " + reserved +
+             ", which the server container mounts for other purposes";
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+std::string DefaultResourceName(const std::string& device_class) {
+  return std::string(kDefaultResourceDomain) + "/" + device_class;
+}
+
+std::optional<std::string> ExtendedResourceNameProblem(const std::string& resource) {
+  // The kubelet's IsExtendedResourceName: "requests.<resource>" must be a qualified name (so
+  // the domain may have 253 - 9 characters), nothing containing "kubernetes.io/", nothing
+  // starting with "requests.".
+  static const std::regex kDomain(
+      "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$");
+  static const std::regex kName("^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$");
+  size_t slash = resource.find('/');
+  if (slash == std::string::npos) return "must be <domain>/<name>";
+  std::string domain = resource.substr(0, slash);
+  std::string name = resource.substr(slash + 1);
+  if (domain.empty() || domain.size() > 244 || !std::regex_match(domain, kDomain)) {
+    return "the domain must be a DNS subdomain of at most 244 characters";
+  }
+  if (domain.ends_with("kubernetes.io")) return "must be outside kubernetes.io";
+  if (domain.starts_with("requests.")) return "the domain must not start with 'requests.'";
+  if (name.empty() || name.size() > 63 || !std::regex_match(name, kName)) {
+    return "the name must be 1-63 characters of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at "
+           "both ends";
+  }
+  return std::nullopt;
+}
+
+std::string BackendDirectory(const std::string& path) {
+  std::string dir = path.substr(0, path.rfind('/'));
+  return dir.empty() ? "/" : dir;
+}
 
 std::string DeviceId(const std::string& pool, int index) {
   return pool + "-" + std::to_string(index);
@@ -98,7 +152,11 @@ Result<PoolSpec> ParsePoolSpec(const Json& pool, const std::string& default_imag
         }
         std::set<std::string> paths;
         for (int i = 0; i < out.devices_per_node; ++i) {
-          paths.insert(ExpandPathTemplate(out.path_template, name, i));
+          std::string path = ExpandPathTemplate(out.path_template, name, i);
+          if (auto problem = BackendDirectoryProblem(BackendDirectory(path))) {
+            return Invalid("backend.pathTemplate: " + *problem);
+          }
+          paths.insert(std::move(path));
         }
         if (static_cast<int>(paths.size()) != out.devices_per_node) {
           return Invalid(
@@ -133,13 +191,10 @@ Result<PoolSpec> ParsePoolSpec(const Json& pool, const std::string& default_imag
       out.socket_gid = owner.value("gid", 107u);
       out.socket_mode = owner.value("mode", std::string("0660"));
     }
-    out.resource_name = spec.value("resourceName", "vfio-user.io/" + out.device_class);
-    size_t slash = out.resource_name.find('/');
-    std::string domain = out.resource_name.substr(0, slash);
-    if (slash == std::string::npos || domain == "kubernetes.io" ||
-        (domain.size() > 14 && domain.ends_with(".kubernetes.io"))) {
+    out.resource_name = spec.value("resourceName", DefaultResourceName(out.device_class));
+    if (auto problem = ExtendedResourceNameProblem(out.resource_name)) {
       return Invalid("resourceName '" + out.resource_name +
-                     "' must be <domain>/<name> outside kubernetes.io");
+                     "' is not an extended resource name the kubelet accepts: " + *problem);
     }
     out.image = spec.value("image", default_image);
     if (out.image.empty()) return Invalid("no image: set spec.image or the operator's --image");

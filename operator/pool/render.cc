@@ -53,9 +53,7 @@ std::set<std::string> BackendDirectories(const std::string& pool, const PoolSpec
   std::set<std::string> dirs;
   if (spec.backend_type != "file") return dirs;
   for (int i = 0; i < spec.devices_per_node; ++i) {
-    std::string path = ExpandPathTemplate(spec.path_template, pool, i);
-    std::string dir = path.substr(0, path.rfind('/'));
-    dirs.insert(dir.empty() ? "/" : dir);
+    dirs.insert(BackendDirectory(ExpandPathTemplate(spec.path_template, pool, i)));
   }
   return dirs;
 }
@@ -96,6 +94,15 @@ std::string RenderServerConfig(const std::string& pool, const PoolSpec& spec) {
          "; edits are overwritten.\n" + out.c_str() + "\n";
 }
 
+std::vector<std::string> DevicePluginArgs(const PoolSpec& spec) {
+  // The server's control socket is <socketRoot>/control.sock (no controlSocket in the config).
+  std::vector<std::string> args = {std::string("--control-socket=") + kControlSocket};
+  if (spec.resource_name != DefaultResourceName(spec.device_class)) {
+    args.push_back("--resource-name=" + spec.device_class + "=" + spec.resource_name);
+  }
+  return args;
+}
+
 std::string SettingsHash(const PoolSpec& spec) {
   YAML::Emitter out;
   out << YAML::BeginMap;
@@ -127,9 +134,9 @@ Json RenderDaemonSet(const Json& pool, const PoolSpec& spec, const std::string& 
       {{"name", "config"}, {"configMap", {{"name", PoolObjectName(name)}}}},
       {{"name", "sockets"}, {"hostPath", {{"path", kSocketRoot}, {"type", "DirectoryOrCreate"}}}},
       {{"name", "device-plugins"},
-       {"hostPath", {{"path", "/var/lib/kubelet/device-plugins"}, {"type", "Directory"}}}},
+       {"hostPath", {{"path", kKubeletPluginDir}, {"type", "Directory"}}}},
       {{"name", "pod-resources"},
-       {"hostPath", {{"path", "/var/lib/kubelet/pod-resources"}, {"type", "Directory"}}}},
+       {"hostPath", {{"path", kKubeletPodResourcesDir}, {"type", "Directory"}}}},
   });
   // The config is mounted as a directory (never with subPath): only then does the kubelet
   // swap in a changed ConfigMap, which the server notices and reloads.
@@ -159,27 +166,29 @@ Json RenderDaemonSet(const Json& pool, const PoolSpec& spec, const std::string& 
       {"resources", {{"requests", {{"cpu", "100m"}, {"memory", "64Mi"}}}}},
       {"volumeMounts", server_mounts},
   };
+  // The plugin: kubelet's plugin directory (its sockets, kubelet.sock), the pod-resources
+  // directory (the socket inside is replaced when the kubelet restarts, so never the file), and
+  // the socket root (the control socket, and the device sockets PreStartContainer checks). It
+  // reads neither the server config nor any environment.
   Json plugin = {
       {"name", "device-plugin"},
       {"image", spec.image},
       {"command", {"vfio-user-device-plugin"}},
-      {"env",
-       {{{"name", "NODE_NAME"}, {"valueFrom", {{"fieldRef", {{"fieldPath", "spec.nodeName"}}}}}},
-        {{"name", "VFIO_USER_RESOURCE_NAME"}, {"value", spec.resource_name}},
-        {{"name", "VFIO_USER_DEVICE_CLASS"}, {"value", spec.device_class}},
-        {{"name", "VFIO_USER_SERVER_CONFIG"}, {"value", config_path}}}},
+      {"args", DevicePluginArgs(spec)},
+      // Root for the root-owned kubelet and control sockets; it changes no ownership and does
+      // not look inside the 107:107 device directories (that only --pre-start-container does),
+      // so it needs no capabilities.
       {"securityContext",
        {{"runAsUser", 0},
         {"privileged", false},
         {"allowPrivilegeEscalation", false},
         {"readOnlyRootFilesystem", true},
-        {"capabilities", {{"drop", {"ALL"}}, {"add", {"CHOWN", "FOWNER"}}}}}},
+        {"capabilities", {{"drop", {"ALL"}}}}}},
       {"resources", {{"requests", {{"cpu", "50m"}, {"memory", "32Mi"}}}}},
       {"volumeMounts",
-       {{{"name", "device-plugins"}, {"mountPath", "/var/lib/kubelet/device-plugins"}},
-        {{"name", "pod-resources"}, {"mountPath", "/var/lib/kubelet/pod-resources"}},
-        {{"name", "sockets"}, {"mountPath", kSocketRoot}},
-        {{"name", "config"}, {"mountPath", kConfigDir}, {"readOnly", true}}}},
+       {{{"name", "device-plugins"}, {"mountPath", kKubeletPluginDir}},
+        {{"name", "pod-resources"}, {"mountPath", kKubeletPodResourcesDir}, {"readOnly", true}},
+        {{"name", "sockets"}, {"mountPath", kSocketRoot}}}},
   };
 
   Json pod_spec = {

@@ -185,9 +185,9 @@ TEST_F(DevicePluginWithServer, SigtermSendsAnEmptyListAndExitsCleanly) {
 TEST(DevicePluginBinary, HelpAndVersion) {
   auto [code, out] = RunToCompletion(VFU_DEVICE_PLUGIN_BINARY, {"--help"});
   EXPECT_EQ(code, 0);
-  for (const char* flag :
-       {"--control-socket", "--kubelet-dir", "--pod-resources-socket", "--resource-prefix",
-        "--metrics-address", "--pre-start-container", "--log-format", "--log-level"}) {
+  for (const char* flag : {"--control-socket", "--kubelet-dir", "--pod-resources-socket",
+                           "--resource-prefix", "--resource-name", "--metrics-address",
+                           "--pre-start-container", "--log-format", "--log-level"}) {
     EXPECT_NE(out.find(flag), std::string::npos) << flag;
   }
   auto [vcode, vout] = RunToCompletion(VFU_DEVICE_PLUGIN_BINARY, {"--version"});

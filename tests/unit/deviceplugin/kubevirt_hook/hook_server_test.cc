@@ -184,6 +184,46 @@ TEST_F(HookServerTest, StopRemovesTheSocketAndAStaleSocketIsReplacedOnStart) {
   EXPECT_TRUE(LauncherClient(path).Info(&result).ok());
 }
 
+// plain.vmi.json with its vfio-user.io/virtio-blk requests renamed to a pool's resource name.
+std::string PlainVmiRequesting(const std::string& resource) {
+  std::string vmi = ReadTestdata("plain.vmi.json");
+  const std::string from = "vfio-user.io/virtio-blk";
+  for (size_t at = vmi.find(from); at != std::string::npos; at = vmi.find(from, at)) {
+    vmi.replace(at, from.size(), resource);
+    at += resource.size();
+  }
+  return vmi;
+}
+
+TEST(HookServerNamingTest, OnDefineDomainCountsOverriddenResourceNamesUnderTheirClass) {
+  testing::TempDir dir;
+  HookServerOptions options;
+  options.socket_path = dir.File("vfio-user.sock");
+  options.naming =
+      deviceplugin::ResourceNaming("vfio-user.io", {{"virtio-blk", "example.com/fast-disk"}});
+  auto server = HookServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  LauncherClient client((*server)->socket_path());
+  std::string vmi = PlainVmiRequesting("example.com/fast-disk");
+  ASSERT_EQ(vmi.find("vfio-user.io/virtio-blk"), std::string::npos);
+  v1alpha3::OnDefineDomainResult result;
+  grpc::Status status = client.OnDefineDomain(ReadTestdata("plain.domain.xml"), vmi, &result);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  // The same two virtio-blk devices at the same class paths as for vfio-user.io/virtio-blk.
+  EXPECT_EQ(result.domainxml(), ReadTestdata("plain.expected.xml"));
+}
+
+TEST(HookServerNamingTest, StartRefusesInvalidResourceNames) {
+  testing::TempDir dir;
+  HookServerOptions options;
+  options.socket_path = dir.File("vfio-user.sock");
+  options.naming = deviceplugin::ResourceNaming("vfio-user.io", {{"virtio-blk", "fast-disk"}});
+  auto server = HookServer::Start(options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_THAT(server.error().message, HasSubstr("fast-disk"));
+  EXPECT_FALSE(IsSocket(options.socket_path));
+}
+
 TEST(HookServerStartTest, RefusesToReplaceAFileThatIsNotASocket) {
   testing::TempDir dir;
   std::ofstream(dir.File("hook.sock")) << "data";
@@ -198,10 +238,10 @@ TEST(HookServerStartTest, RefusesToReplaceAFileThatIsNotASocket) {
 
 class HookBinaryTest : public ::testing::Test {
  protected:
-  void StartHook() {
-    hook_ = std::make_unique<testing::Subprocess>(
-        VFU_KUBEVIRT_HOOK_BINARY,
-        std::vector<std::string>{"--socket-dir", dir_.path(), "--name", "vfu-test"});
+  void StartHook(std::vector<std::string> extra_args = {}) {
+    std::vector<std::string> args{"--socket-dir", dir_.path(), "--name", "vfu-test"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    hook_ = std::make_unique<testing::Subprocess>(VFU_KUBEVIRT_HOOK_BINARY, std::move(args));
     ASSERT_TRUE(hook_->Start());
     ASSERT_TRUE(hook_->WaitForOutput("vfio-user-kubevirt-hook ready", 10000ms)) << hook_->Output();
   }
@@ -241,6 +281,40 @@ TEST_F(HookBinaryTest, SigtermEndsTheProcessGracefully) {
   EXPECT_THAT(hook_->Output(), HasSubstr("shutting down"));
 }
 
+TEST_F(HookBinaryTest, ResourceNameFlagsReachOnDefineDomain) {
+  // As in the hooks.kubevirt.io/hookSidecars annotation: "args": ["--resource-name", "..."].
+  StartHook({"--resource-name", "virtio-blk=example.com/fast-disk", "--resource-name",
+             "sample=example.com/demo"});
+  {
+    LauncherClient client(socket());
+    v1alpha3::OnDefineDomainResult domain;
+    grpc::Status status = client.OnDefineDomain(
+        ReadTestdata("plain.domain.xml"), PlainVmiRequesting("example.com/fast-disk"), &domain);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(domain.domainxml(), ReadTestdata("plain.expected.xml"));
+    ASSERT_TRUE(client.Shutdown().ok());
+  }
+  EXPECT_EQ(hook_->Wait(10000ms), 0) << hook_->Output();
+  EXPECT_THAT(hook_->Output(),
+              HasSubstr("sample=example.com/demo,virtio-blk=example.com/fast-disk"));
+}
+
+TEST(HookBinaryCliTest, BadResourceNamesExitWithCodeTwoAndSayWhy) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--resource-name", "virtio-blk"}, "is not CLASS=NAME"},
+      {{"--resource-name", "virtio-blk=fast-disk"}, "has no domain"},
+      {{"--resource-name", "virtio-blk=kubernetes.io/disk"}, "kubernetes.io"},
+      {{"--resource-name", "a=example.com/x", "--resource-name", "b=example.com/x"}, "two classes"},
+      {{"--resource-prefix", "Vfio-User.io"}, "Vfio-User.io"},
+      {{"--resource-name", "a=example.com/x", "b=example.com/y"}, "b=example.com/y"},
+  };
+  for (const auto& [args, message] : cases) {
+    auto [code, output] = testing::RunToCompletion(VFU_KUBEVIRT_HOOK_BINARY, args);
+    EXPECT_EQ(code, 2) << args[1] << ": " << output;
+    EXPECT_THAT(output, HasSubstr(message));
+  }
+}
+
 TEST(HookBinaryCliTest, VersionAndHelpWork) {
   auto [version_code, version] = testing::RunToCompletion(VFU_KUBEVIRT_HOOK_BINARY, {"--version"});
   EXPECT_EQ(version_code, 0);
@@ -248,6 +322,7 @@ TEST(HookBinaryCliTest, VersionAndHelpWork) {
   auto [help_code, help] = testing::RunToCompletion(VFU_KUBEVIRT_HOOK_BINARY, {"--help"});
   EXPECT_EQ(help_code, 0);
   EXPECT_THAT(help, HasSubstr("/var/run/kubevirt-hooks"));
+  EXPECT_THAT(help, HasSubstr("--resource-name CLASS=NAME"));
 }
 
 }  // namespace

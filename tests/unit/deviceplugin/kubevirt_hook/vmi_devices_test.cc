@@ -127,5 +127,77 @@ TEST(VmiDevicesTest, RejectsPlacementsThatCannotBeRight) {
   }
 }
 
+// ---- resource names overridden per class (--resource-name) ---------------------------------
+
+using deviceplugin::ResourceNaming;
+
+const ResourceNaming kFastDiskNaming("vfio-user.io", {{"virtio-blk", "example.com/fast-disk"}});
+
+TEST(VmiDevicesTest, OverriddenResourceNameIsCountedUnderItsClass) {
+  const std::string vmi =
+      VmiWithResources(R"({"requests":{"example.com/fast-disk":"2","vfio-user.io/nvme":"1"},)"
+                       R"("limits":{"example.com/fast-disk":"2"}})");
+  auto plan = PlanDevicesFromVmi(vmi, kDefaultDeviceSocketRoot, kFastDiskNaming);
+  ASSERT_TRUE(plan.ok()) << plan.error().message;
+  ASSERT_EQ(plan->devices.size(), 3u);
+  EXPECT_EQ(plan->devices[0].id, "vfu-nvme-0");
+  EXPECT_EQ(plan->devices[1].id, "vfu-virtio-blk-0");
+  EXPECT_EQ(plan->devices[1].device_class, "virtio-blk");
+  EXPECT_EQ(plan->devices[1].socket_path, "/var/run/vfio-user/virtio-blk/0/vfio-user.sock");
+  EXPECT_EQ(plan->devices[2].socket_path, "/var/run/vfio-user/virtio-blk/1/vfio-user.sock");
+
+  // Without the mapping the name says nothing about a class: not a vfio-user request.
+  auto unmapped = PlanDevicesFromVmi(vmi);
+  ASSERT_TRUE(unmapped.ok()) << unmapped.error().message;
+  ASSERT_EQ(unmapped->devices.size(), 1u);
+  EXPECT_EQ(unmapped->devices[0].id, "vfu-nvme-0");
+}
+
+TEST(VmiDevicesTest, DefaultNameOfAnOverriddenClassStillCounts) {
+  // One hook configuration can serve VMIs of a pool with the override and of one without it.
+  auto plan = PlanDevicesFromVmi(VmiWithResources(R"({"limits":{"vfio-user.io/virtio-blk":"1"}})"),
+                                 kDefaultDeviceSocketRoot, kFastDiskNaming);
+  ASSERT_TRUE(plan.ok()) << plan.error().message;
+  ASSERT_EQ(plan->devices.size(), 1u);
+  EXPECT_EQ(plan->devices[0].id, "vfu-virtio-blk-0");
+}
+
+TEST(VmiDevicesTest, TwoRequestedNamesOfOneClassAreRefused) {
+  // Both would be mounted at /var/run/vfio-user/virtio-blk/<i> in the same container.
+  auto plan = PlanDevicesFromVmi(
+      VmiWithResources(R"({"limits":{"vfio-user.io/virtio-blk":"1","example.com/fast-disk":"1"}})"),
+      kDefaultDeviceSocketRoot, kFastDiskNaming);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.error().code, EINVAL);
+  EXPECT_NE(plan.error().message.find("example.com/fast-disk"), std::string::npos);
+  EXPECT_NE(plan.error().message.find("vfio-user.io/virtio-blk"), std::string::npos);
+  // A zero count requests nothing, so it does not collide.
+  auto zero = PlanDevicesFromVmi(
+      VmiWithResources(R"({"limits":{"vfio-user.io/virtio-blk":"0","example.com/fast-disk":"1"}})"),
+      kDefaultDeviceSocketRoot, kFastDiskNaming);
+  ASSERT_TRUE(zero.ok()) << zero.error().message;
+  EXPECT_EQ(zero->devices.size(), 1u);
+}
+
+TEST(VmiDevicesTest, CountChecksNameTheOverriddenResource) {
+  auto plan = PlanDevicesFromVmi(
+      VmiWithResources(
+          R"({"requests":{"example.com/fast-disk":"1"},"limits":{"example.com/fast-disk":"2"}})"),
+      kDefaultDeviceSocketRoot, kFastDiskNaming);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.error().message.find("example.com/fast-disk"), std::string::npos);
+  EXPECT_NE(plan.error().message.find("differ"), std::string::npos);
+}
+
+TEST(VmiDevicesTest, ResourcePrefixSelectsWhichDomainMeansAClass) {
+  const std::string vmi = VmiWithResources(
+      R"({"limits":{"devices.example.com/virtio-blk":"1","vfio-user.io/nvme":"1"}})");
+  auto plan =
+      PlanDevicesFromVmi(vmi, kDefaultDeviceSocketRoot, ResourceNaming("devices.example.com"));
+  ASSERT_TRUE(plan.ok()) << plan.error().message;
+  ASSERT_EQ(plan->devices.size(), 1u);
+  EXPECT_EQ(plan->devices[0].id, "vfu-virtio-blk-0");
+}
+
 }  // namespace
 }  // namespace vfu::kubevirt_hook

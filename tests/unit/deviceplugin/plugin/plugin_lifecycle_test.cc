@@ -1,7 +1,7 @@
 // The device plugin in-process against a kubelet test double (FakeKubelet, documented kubelet
 // behaviour) and a fake vfio-user-server control API: registration, health both ways, server
 // loss and return, kubelet restart, plugin restart, Allocate, preferred allocation,
-// PreStartContainer and clean shutdown.
+// PreStartContainer, clean shutdown, and resource names overridden per class.
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -28,6 +28,8 @@ using std::chrono::seconds;
 
 constexpr const char* kBlk = "vfio-user.io/virtio-blk";
 constexpr const char* kSample = "vfio-user.io/sample";
+// A pool's spec.resourceName for virtio-blk (--resource-name virtio-blk=example.com/fast-disk).
+constexpr const char* kFastDisk = "example.com/fast-disk";
 
 std::string HealthOf(const DeviceList& list, const std::string& id) {
   for (const auto& d : list) {
@@ -351,6 +353,58 @@ TEST_F(PluginLifecycle, InvalidResourcePrefixIsRefusedAtStart) {
   Status s = app.Start();
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("kubernetes.io"), std::string::npos);
+}
+
+TEST_F(PluginLifecycle, ResourceNameOverrideIsRegisteredForItsClassKeepingTheClassLayout) {
+  PluginConfig config = Config();
+  config.resource_names = {{"virtio-blk", kFastDisk}};
+  StartPlugin(config);
+  ASSERT_TRUE(kubelet_->WaitForList(kFastDisk, AllHealthy(3)));
+  // Classes without an override keep <prefix>/<class>.
+  ASSERT_TRUE(kubelet_->WaitForList(kSample, AllHealthy(1)));
+  EXPECT_TRUE(kubelet_->rejections().empty());
+  EXPECT_EQ(kubelet_->last_request(kFastDisk).endpoint(), "vfio-user-virtio-blk.sock");
+  EXPECT_EQ(kubelet_->registrations(kFastDisk), 1);
+  EXPECT_EQ(kubelet_->registrations(kBlk), 0);
+  EXPECT_EQ(Ids(kubelet_->latest(kFastDisk)),
+            (std::vector<std::string>{"disk0", "disk1", "disk2"}));
+  EXPECT_TRUE(WaitUntil([&] { return plugin_->registrar().registered("virtio-blk"); }));
+
+  // The container layout stays keyed by class: the KubeVirt hook finds the sockets there.
+  v1beta1::ContainerAllocateResponse r;
+  grpc::Status s = kubelet_->Allocate(kFastDisk, {"disk1"}, &r);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(r.mounts_size(), 1);
+  EXPECT_EQ(r.mounts(0).container_path(), "/var/run/vfio-user/virtio-blk/0");
+  EXPECT_EQ(r.envs().at("VFIO_USER_VIRTIO_BLK_SOCKETS"),
+            "/var/run/vfio-user/virtio-blk/0/vfio-user.sock");
+  EXPECT_EQ(plugin_->in_use().CountInUse(kFastDisk), 1u);
+}
+
+TEST_F(PluginLifecycle, InUseIsRebuiltFromPodResourcesUnderTheOverriddenName) {
+  // As restored from the kubelet's checkpoint: one device under the pool's name, and one under
+  // the default name of the class, which this plugin does not register.
+  kubelet_->AddPodResources("vm-fast", "default", "compute", kFastDisk, {"disk2"});
+  kubelet_->AddPodResources("vm-old", "default", "compute", kBlk, {"disk0"});
+  PluginConfig config = Config();
+  config.resource_names = {{"virtio-blk", kFastDisk}};
+  StartPlugin(config);
+  ASSERT_TRUE(kubelet_->WaitForList(kFastDisk, AllHealthy(3)));
+  ASSERT_TRUE(WaitUntil([&] { return plugin_->in_use().rebuilt_from_kubelet(); }));
+  deviceplugin::InUseMap in_use = plugin_->in_use().Snapshot();
+  ASSERT_EQ(in_use[kFastDisk].count("disk2"), 1u);
+  EXPECT_EQ(in_use[kFastDisk]["disk2"].pod, "vm-fast");
+  EXPECT_EQ(in_use[kFastDisk].size(), 1u);
+  EXPECT_EQ(in_use.count(kBlk), 0u);
+}
+
+TEST_F(PluginLifecycle, InvalidResourceNameOverrideIsRefusedAtStart) {
+  PluginConfig config = Config();
+  config.resource_names = {{"virtio-blk", "node.kubernetes.io/disk"}};
+  DevicePluginApp app(config);
+  Status s = app.Start();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("node.kubernetes.io/disk"), std::string::npos) << s.message();
 }
 
 }  // namespace
