@@ -116,6 +116,7 @@ void Pick(std::vector<Candidate> candidates, size_t needed, const std::vector<Gr
   std::map<int64_t, std::vector<Candidate>> groups;
   for (Candidate& c : candidates) groups[keys[level](c)].push_back(std::move(c));
   std::vector<std::pair<int64_t, std::vector<Candidate>*>> order;
+  order.reserve(groups.size());
   for (auto& [key, members] : groups) order.emplace_back(key, &members);
   auto rank = [&](const std::pair<int64_t, std::vector<Candidate>*>& g) {
     bool is_preferred = preferred[level].count(g.first) > 0;

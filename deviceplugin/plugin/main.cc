@@ -3,6 +3,7 @@
 // the class), and serves Prometheus metrics. See docs/device-plugin.md.
 #include <signal.h>
 
+#include <cstdio>
 #include <iostream>
 #include <map>
 #include <string>
@@ -123,4 +124,11 @@ int Main(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return Main(argc, argv); }
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fatal: %s\n", e.what());
+    return 1;
+  }
+}

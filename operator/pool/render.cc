@@ -185,6 +185,8 @@ Json RenderDaemonSet(const Json& pool, const PoolSpec& spec, const std::string& 
         {"readOnlyRootFilesystem", true},
         {"capabilities", {{"drop", {"ALL"}}}}}},
       {"resources", {{"requests", {{"cpu", "50m"}, {"memory", "32Mi"}}}}},
+      // Prometheus scrapes the plugin's /metrics (--metrics-address default :9478).
+      {"ports", {{{"name", "metrics"}, {"containerPort", 9478}, {"protocol", "TCP"}}}},
       {"volumeMounts",
        {{{"name", "device-plugins"}, {"mountPath", kKubeletPluginDir}},
         {{"name", "pod-resources"}, {"mountPath", kKubeletPodResourcesDir}, {"readOnly", true}},

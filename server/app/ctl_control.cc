@@ -125,29 +125,28 @@ int ShowStats(const std::string& control_socket, const std::string& id,
                 static_cast<unsigned long long>(d.connects()),
                 static_cast<unsigned long long>(d.disconnects()),
                 static_cast<unsigned long long>(d.rejected_clients()));
-    std::printf("  dma regions %u (%llu bytes), interrupts %llu, protocol errors %llu, "
-                "poll busy %.3f s in %llu of %llu passes\n",
-                d.dma_regions(), static_cast<unsigned long long>(d.dma_bytes()),
-                static_cast<unsigned long long>(d.interrupts()),
-                static_cast<unsigned long long>(d.protocol_errors()),
-                static_cast<double>(d.poll_busy_ns()) / 1e9,
-                static_cast<unsigned long long>(d.poll_busy_calls()),
-                static_cast<unsigned long long>(d.poll_calls()));
+    std::printf(
+        "  dma regions %u (%llu bytes), interrupts %llu, protocol errors %llu, "
+        "poll busy %.3f s in %llu of %llu passes\n",
+        d.dma_regions(), static_cast<unsigned long long>(d.dma_bytes()),
+        static_cast<unsigned long long>(d.interrupts()),
+        static_cast<unsigned long long>(d.protocol_errors()),
+        static_cast<double>(d.poll_busy_ns()) / 1e9,
+        static_cast<unsigned long long>(d.poll_busy_calls()),
+        static_cast<unsigned long long>(d.poll_calls()));
     if (d.operations_size() == 0) continue;
     std::printf("  %-13s %12s %16s %8s %10s %10s %10s\n", "operation", "requests", "bytes",
                 "errors", "p50", "p99", "mean");
     for (const pb::OperationStats& o : d.operations()) {
       if (o.requests() == 0) continue;
-      double mean_us = o.latency().count() == 0
-                           ? 0
-                           : o.latency().sum_seconds() * 1e6 /
-                                 static_cast<double>(o.latency().count());
+      double mean_us = o.latency().count() == 0 ? 0
+                                                : o.latency().sum_seconds() * 1e6 /
+                                                      static_cast<double>(o.latency().count());
       std::printf("  %-13s %12llu %16llu %8llu %10s %10s %8.1fus\n", o.operation().c_str(),
                   static_cast<unsigned long long>(o.requests()),
                   static_cast<unsigned long long>(o.bytes()),
-                  static_cast<unsigned long long>(o.errors()),
-                  Quantile(o.latency(), 0.5).c_str(), Quantile(o.latency(), 0.99).c_str(),
-                  mean_us);
+                  static_cast<unsigned long long>(o.errors()), Quantile(o.latency(), 0.5).c_str(),
+                  Quantile(o.latency(), 0.99).c_str(), mean_us);
     }
   }
   for (const pb::PollThreadStats& t : stats->poll_threads()) {

@@ -274,10 +274,9 @@ Result<ServerConfig> ParseServerConfig(const std::string& text, const std::strin
     Settings& s = cfg.settings;
     if (const YAML::Node st = root["settings"]) {
       if (!st.IsMap()) return c.At(st, "settings must be a mapping");
-      VFU_RETURN_IF_ERROR(c.OnlyKeys(
-          st, "settings",
-          {"socketRoot", "controlSocket", "logLevel", "logFormat", "pollThreads", "pollThreadCpus",
-           "socketOwner"}));
+      VFU_RETURN_IF_ERROR(c.OnlyKeys(st, "settings",
+                                     {"socketRoot", "controlSocket", "logLevel", "logFormat",
+                                      "pollThreads", "pollThreadCpus", "socketOwner"}));
       if (st["socketRoot"]) {
         auto v = c.String(st["socketRoot"], "socketRoot");
         if (!v) return v.error();
@@ -380,7 +379,8 @@ Result<std::vector<int>> ParseCpuList(const std::string& text) {
     if (text[pos] != ',') break;
     ++pos;
   }
-  return MakeError(EINVAL, "'" + text + "' is not a CPU list like \"2\", \"0-3\" or \"1,5-6\" (CPUs below " +
+  return MakeError(EINVAL, "'" + text +
+                               "' is not a CPU list like \"2\", \"0-3\" or \"1,5-6\" (CPUs below " +
                                std::to_string(kMaxCpus) + ")");
 }
 

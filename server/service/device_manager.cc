@@ -77,9 +77,10 @@ struct DeviceManager::Managed {
 bool DeviceStatus::SameStateAs(const DeviceStatus& o) const {
   return id == o.id && device_class == o.device_class && socket_path == o.socket_path &&
          backend == o.backend && size_bytes == o.size_bytes && read_only == o.read_only &&
-         poll_thread == o.poll_thread && numa_node == o.numa_node && healthy == o.healthy && health_reason == o.health_reason &&
-         client_connected == o.client_connected && client == o.client &&
-         removal_pending == o.removal_pending && refused_change == o.refused_change;
+         poll_thread == o.poll_thread && numa_node == o.numa_node && healthy == o.healthy &&
+         health_reason == o.health_reason && client_connected == o.client_connected &&
+         client == o.client && removal_pending == o.removal_pending &&
+         refused_change == o.refused_change;
 }
 
 int NumaNodeOfCpu(int cpu) {

@@ -80,8 +80,8 @@ void DeviceEndpoint::OnAccept() {
     socklen_t peer_len = sizeof(peer);
     client_description_ = "client " + std::to_string(client_counter_);
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) == 0) {
-      client_description_ += " (pid " + std::to_string(peer.pid) + ", uid " +
-                             std::to_string(peer.uid) + ")";
+      client_description_ +=
+          " (pid " + std::to_string(peer.pid) + ", uid " + std::to_string(peer.uid) + ")";
     }
     LogContext session_log(log_.fields());
     session_log.Set("client", std::to_string(client_counter_));

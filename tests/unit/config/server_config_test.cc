@@ -128,8 +128,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"PollThreadCpusCountMismatch",
                 Doc("[]\n", "settings:\n  pollThreads: 2\n  pollThreadCpus: [\"0\"]\n"),
                 "pollThreadCpus has 1 entries but pollThreads is 2", 4},
-        BadCase{"PollThreadCpusBadList",
-                Doc("[]\n", "settings:\n  pollThreadCpus: [\"3-1\"]\n"),
+        BadCase{"PollThreadCpusBadList", Doc("[]\n", "settings:\n  pollThreadCpus: [\"3-1\"]\n"),
                 "'3-1' is not a CPU list", 3},
         BadCase{"NegativeUid", Doc("[]\n", "settings:\n  socketOwner: {uid: -1}\n"),
                 "socketOwner.uid must be a whole number", 3},
@@ -199,8 +198,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(ServerConfig, PollThreadCpusPinEachThread) {
   auto cfg = ParseServerConfig(
-      Doc("[]\n", "settings:\n  pollThreads: 2\n  pollThreadCpus: [\"0\", \"1,4-6\"]\n"),
-      "x.yaml");
+      Doc("[]\n", "settings:\n  pollThreads: 2\n  pollThreadCpus: [\"0\", \"1,4-6\"]\n"), "x.yaml");
   ASSERT_TRUE(cfg.ok()) << cfg.error().message;
   ASSERT_EQ(cfg->settings.poll_thread_cpus.size(), 2u);
   EXPECT_EQ(cfg->settings.poll_thread_cpus[0], std::vector<int>{0});

@@ -164,6 +164,15 @@ TEST(Render, DevicePluginIsConfiguredWithFlagsItUnderstandsAndNoEnvironment) {
             Json({"vfio-user-server", "--config", "/etc/vfio-user/server.yaml"}));
 }
 
+TEST(Render, DevicePluginExposesItsMetricsPortByName) {
+  Json pool = Pool(FilePoolSpec());
+  Json ds = RenderDaemonSet(pool, Parse(pool), "ns");
+  const Json& ports = Container(ds, "device-plugin")["ports"];
+  ASSERT_EQ(ports.size(), 1u);
+  EXPECT_EQ(ports[0]["name"], "metrics");
+  EXPECT_EQ(ports[0]["containerPort"], 9478);  // the plugin's --metrics-address default
+}
+
 TEST(Render, OverriddenResourceNameReachesThePluginAsResourceNameFlag) {
   Json spec = FilePoolSpec();
   spec["resourceName"] = "example.com/fast-disk";
