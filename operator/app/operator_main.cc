@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cstdio>
 #include <memory>
 
 #include "operator/app/controller.h"
@@ -30,9 +31,7 @@ std::string Hostname() {
   return name;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   using namespace vfu;
   using namespace vfu::op;
 
@@ -180,4 +179,15 @@ int main(int argc, char** argv) {
   if (elector) elector->Stop(/*release=*/exit_code == 0);
   (*health)->Stop();
   return exit_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fatal: %s\n", e.what());
+    return 1;
+  }
 }

@@ -210,7 +210,6 @@ void Informer::Run() {
         continue;
       }
       backoff.Reset();
-      need_list = false;
     }
     bool progressed = false;
     need_list = WatchOnce(&progressed);

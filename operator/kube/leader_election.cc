@@ -1,5 +1,7 @@
 #include "operator/kube/leader_election.h"
 
+#include <cstdio>
+
 #include <ctime>
 
 #include "server/common/log.h"
@@ -27,7 +29,13 @@ LeaderElector::LeaderElector(KubeClient& client, LeaderElectionOptions options,
                              LeaderCallbacks callbacks)
     : client_(client), options_(std::move(options)), callbacks_(std::move(callbacks)) {}
 
-LeaderElector::~LeaderElector() { Stop(false); }
+LeaderElector::~LeaderElector() {
+  try {
+    Stop(false);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "leader election: stopping failed: %s\n", e.what());
+  }
+}
 
 void LeaderElector::Start() {
   std::lock_guard<std::mutex> lock(mu_);

@@ -282,6 +282,7 @@ class Text {
     char buf[512];
     va_list args;
     va_start(args, fmt);
+    // NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): va_start above; analyzer false positive
     int n = std::vsnprintf(buf, sizeof buf, fmt, args);
     va_end(args);
     if (n > 0) out_.append(buf, std::min<size_t>(static_cast<size_t>(n), sizeof buf - 1));
