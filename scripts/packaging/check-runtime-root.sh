@@ -101,8 +101,10 @@ declare -A need_pkg=()
 for bin in "$staging"/usr/local/bin/vfio-user-*; do
   [[ "$(head -c 4 "$bin")" == $'\x7fELF' ]] || continue
   for lib in $(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')
-    pkg=$( { dpkg -S "$(readlink -f "$path")" 2>/dev/null || dpkg -S "$path" 2>/dev/null; } | head -n1 | cut -d: -f1)
+    # Consumers read all their input: with pipefail, one that stops early (head, awk's exit,
+    # grep -q) can kill the writer with SIGPIPE and fail the pipeline at random.
+    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !found {print $NF; found = 1}')
+    pkg=$( { dpkg -S "$(readlink -f "$path")" 2>/dev/null || dpkg -S "$path" 2>/dev/null; } | awk -F: 'NR == 1 {print $1}')
     if [[ -z "$pkg" ]]; then
       log "FAIL: $(basename "$bin") links $lib, which no installed Debian package provides"
       failures=$((failures + 1))
@@ -161,7 +163,8 @@ if ! out=$(in_root --userspec=65532:65532 "$root" vfio-user-healthcheck --help 2
   failures=$((failures + 1))
 fi
 rm -rf "$root/tmp/check"
-if ! in_root "$root" getent passwd vfio-user | grep -q '^vfio-user:x:65532:65532:'; then
+user_entry=$(in_root "$root" getent passwd vfio-user || true)
+if [[ "$user_entry" != vfio-user:x:65532:65532:* ]]; then
   log "FAIL: the runtime stage did not create user vfio-user (65532)"
   failures=$((failures + 1))
 fi
