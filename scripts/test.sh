@@ -25,7 +25,8 @@ step "packaging checks (image stages, deploy/, Helm chart, alerts, dashboard, do
 step "build (ASAN + UBSAN)"
 ./scripts/build.sh asan
 step "tests under ASAN + UBSAN"
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -j 2 --timeout 600
+ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan-suppressions.txt" \
+  UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -j 2 --timeout 600
 
 step "fuzzing the session and the client (${FUZZ_SECONDS}s each)"
 ./scripts/build.sh fuzz
