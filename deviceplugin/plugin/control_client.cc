@@ -31,6 +31,13 @@ std::shared_ptr<grpc::Channel> NewControlChannel(const std::string& socket) {
   // A fresh channel per attempt already avoids gRPC's reconnect backoff; keep it short anyway.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  // A server that hangs with its socket still open (stopped, deadlocked) never ends the watch
+  // stream by itself: HTTP/2 keepalive pings every 500 ms, unanswered for 500 ms, break it, so
+  // its devices turn Unhealthy within about a second. The server permits these pings.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 500);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 500);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   return grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), args);
 }
 }  // namespace

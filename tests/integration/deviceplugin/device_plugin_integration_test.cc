@@ -169,6 +169,17 @@ TEST_F(DevicePluginWithServer, ServerRestartIsMirroredInHealthWithTheSameIds) {
   EXPECT_EQ(kubelet_->registrations(kBlk), 1);
 }
 
+TEST_F(DevicePluginWithServer, HungServerTurnsDevicesUnhealthyAndRecoversWhenItRunsAgain) {
+  // SIGSTOP: the server's sockets stay open but nothing answers; only keepalive notices.
+  ASSERT_TRUE(kubelet_->WaitForList(kBlk, HealthyCount(2), seconds(20))) << plugin_->Output();
+  server_->Signal(SIGSTOP);
+  bool unhealthy = kubelet_->WaitForList(kBlk, UnhealthyCount(2), seconds(20));
+  server_->Signal(SIGCONT);
+  ASSERT_TRUE(unhealthy) << plugin_->Output();
+  ASSERT_TRUE(kubelet_->WaitForList(kBlk, HealthyCount(2), seconds(20))) << plugin_->Output();
+  EXPECT_EQ(kubelet_->registrations(kBlk), 1);
+}
+
 TEST_F(DevicePluginWithServer, SigtermSendsAnEmptyListAndExitsCleanly) {
   ASSERT_TRUE(kubelet_->WaitForList(kBlk, HealthyCount(2), seconds(20))) << plugin_->Output();
   plugin_->Signal(SIGTERM);
