@@ -500,14 +500,17 @@ void DeviceManager::MonitorLoop() {
     uint64_t round = PostCollection();
     WaitForCollection(round, options_.monitor_interval);
     {
-      std::lock_guard<std::mutex> apply_lock(apply_mutex_);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (shutting_down_) return;
+      // Structural work only when no Apply runs: an Apply waiting for a stalled poll thread
+      // must not hold up the health report that says the thread stalled.
+      std::unique_lock<std::mutex> apply_lock(apply_mutex_, std::try_to_lock);
+      if (apply_lock.owns_lock()) {
+        FinishPendingRemovals();
+        RetryFailedDevices();
       }
-      FinishPendingRemovals();
-      RetryFailedDevices();
+    }
+    {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (shutting_down_) return;
       Publish();
     }
     std::unique_lock<std::mutex> lock(mutex_);

@@ -262,6 +262,36 @@ TEST_F(DeviceManagerTest, StalledPollThreadMakesOnlyItsDevicesUnhealthyUntilItRe
   EXPECT_TRUE(WaitFor(m, [](const auto& now) { return Find(now, "b")->healthy; }));
 }
 
+TEST_F(DeviceManagerTest, StallIsReportedEvenWhileAReloadWaitsForTheStalledThread) {
+  DeviceManager::Options o = FastOptions(2);
+  o.apply_timeout = milliseconds(200);
+  DeviceManager m(o);
+  DevicePlan b = Plan("b");
+  b.poll_thread = 1;
+  m.Apply({Plan("a"), b});
+  std::atomic<bool> release{false};
+  m.PostToPollThread(1, [&] {
+    auto deadline = std::chrono::steady_clock::now() + seconds(10);
+    while (!release.load() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+  });
+  DevicePlan c = Plan("c");
+  c.poll_thread = 1;
+  // The reload must start c on the stalled thread, so it waits until the thread runs again.
+  std::thread reload([&] { m.Apply({Plan("a"), b, c}); });
+  bool reported = WaitFor(m, [](const auto& s) {
+    const DeviceStatus* stalled = Find(s, "b");
+    return stalled != nullptr && !stalled->healthy;
+  });
+  release.store(true);
+  reload.join();
+  EXPECT_TRUE(reported) << "the stall was not published while the reload waited";
+  EXPECT_TRUE(WaitFor(m, [](const auto& s) {
+    return s.devices.size() == 3 && Find(s, "b")->healthy && Find(s, "c")->healthy;
+  }));
+}
+
 TEST_F(DeviceManagerTest, CountersShowTrafficDmaRegionsAndConnections) {
   DeviceManager m(FastOptions());
   m.Apply({Plan("a")});
