@@ -175,16 +175,8 @@ int Main(int argc, char** argv) {
                 std::string(kHookApiVersion).c_str());
     return 0;
   }
-  LogLevel level;
-  if (!Log::ParseLevel(log_level, &level)) {
-    std::fprintf(stderr, "error: --log-level must be debug, info, warn or error\n");
-    return 2;
-  }
-  Log::SetLevel(level);
-  if (log_format == "json") {
-    Log::SetFormat(LogFormat::kJson);
-  } else if (log_format != "text") {
-    std::fprintf(stderr, "error: --log-format must be text or json\n");
+  if (std::string error = Log::Configure(log_level, log_format); !error.empty()) {
+    std::fprintf(stderr, "error: %s\n", error.c_str());
     return 2;
   }
   if (options.name.empty() || options.name.find('/') != std::string::npos) {

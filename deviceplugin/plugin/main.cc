@@ -68,17 +68,10 @@ int Main(int argc, char** argv) {
     std::cout << "vfio-user-device-plugin " << vfu::kVersion << "\n";
     return 0;
   }
-  LogLevel level;
-  if (!Log::ParseLevel(log_level, &level)) {
-    std::cerr << "--log-level must be debug, info, warn or error\n";
+  if (std::string error = Log::Configure(log_level, log_format); !error.empty()) {
+    std::cerr << "error: " << error << "\n";
     return 2;
   }
-  if (log_format != "text" && log_format != "json") {
-    std::cerr << "--log-format must be text or json\n";
-    return 2;
-  }
-  Log::SetLevel(level);
-  Log::SetFormat(log_format == "json" ? vfu::LogFormat::kJson : vfu::LogFormat::kText);
   if (vfu::Status s = vfu::deviceplugin::ValidateResourcePrefix(config.resource_prefix); !s.ok()) {
     std::cerr << "--resource-prefix: " << s.message() << "\n";
     return 2;

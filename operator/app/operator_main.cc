@@ -71,13 +71,10 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
   CLI11_PARSE(app, argc, argv);
 
-  LogLevel level;
-  if (!Log::ParseLevel(log_level, &level)) {
-    std::fprintf(stderr, "--log-level must be debug, info, warn or error\n");
+  if (std::string error = Log::Configure(log_level, log_format); !error.empty()) {
+    std::fprintf(stderr, "error: %s\n", error.c_str());
     return 2;
   }
-  Log::SetLevel(level);
-  Log::SetFormat(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
 
   // Signals are taken by sigtimedwait() below, so every thread must block them.
   sigset_t signals;

@@ -81,19 +81,6 @@ void LogReport(const service::ApplyReport& r) {
               {"failed", join(r.failed)}});
 }
 
-Status ApplyLogSettings(const std::string& level_text, const std::string& format_text) {
-  LogLevel level;
-  if (!Log::ParseLevel(level_text, &level)) {
-    return MakeError(EINVAL, "log level must be debug, info, warn or error");
-  }
-  if (format_text != "json" && format_text != "text") {
-    return MakeError(EINVAL, "log format must be text or json");
-  }
-  Log::SetLevel(level);
-  Log::SetFormat(format_text == "json" ? LogFormat::kJson : LogFormat::kText);
-  return Status::Ok();
-}
-
 int Main(int argc, char** argv) {
   CLI::App app{
       "vfio-user-server: serves emulated PCI devices to VMs over vfio-user, one unix socket per "
@@ -190,8 +177,8 @@ int Main(int argc, char** argv) {
   }
   if (log_level.empty()) log_level = "info";
   if (log_format.empty()) log_format = "text";
-  if (Status s = ApplyLogSettings(log_level, log_format); !s.ok()) {
-    std::fprintf(stderr, "error: %s\n", s.message().c_str());
+  if (std::string error = Log::Configure(log_level, log_format); !error.empty()) {
+    std::fprintf(stderr, "error: %s\n", error.c_str());
     return 2;
   }
   // Devices that cannot be created are a start-up error for the quick form (nothing starts),
@@ -254,8 +241,8 @@ int Main(int argc, char** argv) {
                  {{"trigger", why}});
       return;
     }
-    if (Status s = ApplyLogSettings(next.log_level, next.log_format); !s.ok()) {
-      Log::Write(LogLevel::kError, "reload: bad log settings", {{"error", s.message()}});
+    if (std::string error = Log::Configure(next.log_level, next.log_format); !error.empty()) {
+      Log::Write(LogLevel::kError, "reload: bad log settings", {{"error", error}});
     }
     Log::Write(LogLevel::kInfo, "reloading the configuration",
                {{"trigger", why}, {"file", config_path}});

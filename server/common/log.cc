@@ -150,6 +150,19 @@ bool Log::ParseLevel(std::string_view text, LogLevel* level) {
   return true;
 }
 
+std::string Log::Configure(std::string_view level_text, std::string_view format_text) {
+  LogLevel level;
+  if (!ParseLevel(level_text, &level)) {
+    return "log level '" + std::string(level_text) + "' must be debug, info, warn or error";
+  }
+  if (format_text != "text" && format_text != "json") {
+    return "log format '" + std::string(format_text) + "' must be text or json";
+  }
+  SetLevel(level);
+  SetFormat(format_text == "json" ? LogFormat::kJson : LogFormat::kText);
+  return {};
+}
+
 void Log::Write(LogLevel level, std::string_view message, std::initializer_list<LogField> fields) {
   WriteLine(level, message, nullptr, fields);
 }

@@ -25,6 +25,10 @@ class Log {
   static void SetFormat(LogFormat format);
   static LogLevel level();
   static bool ParseLevel(std::string_view text, LogLevel* level);
+  // Applies a level ("debug", "info", "warn", "error") and format ("text", "json") given as
+  // text, as every binary's --log-level/--log-format take them. Nothing changes on an error,
+  // which is returned as a message for the user; empty on success.
+  static std::string Configure(std::string_view level, std::string_view format);
   static bool Enabled(LogLevel level) { return level >= Log::level(); }
 
   static void Write(LogLevel level, std::string_view message,
