@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "control.grpc.pb.h"
+#include "server/common/filesystem.h"
 #include "server/common/log.h"
 #include "server/version.h"
 
@@ -138,14 +139,7 @@ ControlServer::ControlServer(service::DeviceManager* manager) : manager_(manager
 ControlServer::~ControlServer() { Shutdown(); }
 
 Status ControlServer::Start(const std::string& socket_path) {
-  std::string dir = socket_path.substr(0, socket_path.rfind('/'));
-  for (size_t pos = 1; !dir.empty() && pos != std::string::npos;) {
-    pos = dir.find('/', pos + 1);
-    std::string partial = dir.substr(0, pos);
-    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
-      return MakeError(errno, "cannot create " + partial + ": " + std::strerror(errno));
-    }
-  }
+  VFU_RETURN_IF_ERROR(CreateParentDirectories(socket_path));
   struct stat st {};
   if (::lstat(socket_path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {

@@ -13,6 +13,7 @@
 #include <set>
 #include <utility>
 
+#include "server/common/filesystem.h"
 #include "server/common/log.h"
 #include "server/session/endpoint.h"
 
@@ -24,30 +25,10 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::chrono::milliseconds kRetryFailedEvery{1000};
 
-std::string SocketDirectory(const std::string& socket_path) {
-  size_t slash = socket_path.rfind('/');
-  return slash == std::string::npos ? std::string(".") : socket_path.substr(0, slash);
-}
-
-// mkdir -p for the parents of a device socket.
-Status CreateParentDirectories(const std::string& socket_path) {
-  std::string dir = SocketDirectory(socket_path);
-  size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = dir.find('/', pos + 1);
-    std::string partial = dir.substr(0, pos);
-    if (partial.empty() || partial == ".") continue;
-    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
-      return MakeError(errno, "cannot create " + partial + ": " + std::strerror(errno));
-    }
-  }
-  return Status::Ok();
-}
-
 // The parents of a config-file device's socket; the device's own directory (the one mounted
 // into the VM's pod) belongs to the socket's owner and only they may enter it.
 Status PrepareSocketDirectory(const std::string& socket_path, const SocketOwnership& owner) {
-  std::string dir = SocketDirectory(socket_path);
+  std::string dir = ParentDirectory(socket_path);
   VFU_RETURN_IF_ERROR(CreateParentDirectories(socket_path));
   if (::chmod(dir.c_str(), 0750) != 0 || ::chown(dir.c_str(), owner.uid, owner.gid) != 0) {
     return MakeError(errno, "cannot set the owner of " + dir + ": " + std::strerror(errno));
@@ -202,7 +183,7 @@ bool DeviceManager::StopIfIdle(const std::shared_ptr<Managed>& m) {
     if (m->endpoint) m->endpoint->Stop();
     m->endpoint.reset();
     m->device.reset();
-    if (m->plan.owner) ::rmdir(SocketDirectory(m->plan.spec.socket).c_str());
+    if (m->plan.owner) ::rmdir(ParentDirectory(m->plan.spec.socket).c_str());
     *stopped = true;
   });
   return ran && *stopped;
@@ -545,7 +526,7 @@ void DeviceManager::Shutdown() {
   }
   for (auto& [id, m] : devices) {
     m->device.reset();
-    if (m->plan.owner) ::rmdir(SocketDirectory(m->plan.spec.socket).c_str());
+    if (m->plan.owner) ::rmdir(ParentDirectory(m->plan.spec.socket).c_str());
   }
   std::lock_guard<std::mutex> lock(mutex_);
   stopped_ = true;

@@ -189,6 +189,21 @@ TEST(ControlServer, AnUnreachableSocketIsAClearError) {
   EXPECT_NE(list.error().message.find("nothing.sock"), std::string::npos);
 }
 
+TEST(ControlServer, ARelativeSocketPathInTheCurrentDirectoryWorks) {
+  testing::TempDir dir;
+  char cwd[4096];
+  ASSERT_NE(::getcwd(cwd, sizeof(cwd)), nullptr);
+  ASSERT_EQ(::chdir(dir.path().c_str()), 0);
+  service::DeviceManager manager({});
+  ControlServer server(&manager);
+  Status s = server.Start("control.sock");
+  bool listed = s.ok() && ControlClient(dir.File("control.sock")).ListDevices().ok();
+  server.Shutdown();
+  ASSERT_EQ(::chdir(cwd), 0);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(listed);
+}
+
 TEST(ControlServer, AFileThatIsNotASocketIsNotReplaced) {
   testing::TempDir dir;
   std::string path = dir.File("control.sock");
