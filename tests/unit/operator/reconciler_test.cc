@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "operator/pool/render.h"
 #include "server/config/server_config.h"
 #include "tests/unit/operator/test_util.h"
@@ -60,6 +62,17 @@ class ControllerTest : public ::testing::Test {
   Json PoolObject(const std::string& name) {
     auto pool = fake_.GetObject("vfiouserdevicepools", "", name);
     return pool ? *pool : Json();
+  }
+  // Read-modify-write of a pool's spec as a user would do it: the controller writes the status
+  // concurrently, so an update can meet a newer resourceVersion (409 Conflict); read again and
+  // retry, as client-go's RetryOnConflict does. Bounded.
+  bool UpdatePoolSpec(const std::string& name, const std::function<void(Json&)>& change) {
+    for (int attempt = 0; attempt < 50; ++attempt) {
+      Json pool = PoolObject(name);
+      change(pool["spec"]);
+      if (client_->Update(resources::kDevicePools, "", pool).ok()) return true;
+    }
+    return false;
   }
   // The condition of `type` as "Status/Reason", or "" if absent.
   std::string Condition(const std::string& pool, const std::string& type) {
@@ -128,9 +141,7 @@ TEST_F(ControllerTest, SpecChangeUpdatesTheConfigMapAndRollsOnlyForUnreloadableS
   const Json template_before = (*DaemonSet("fast"))["spec"]["template"];
   const std::string ds_version = (*DaemonSet("fast"))["metadata"]["resourceVersion"];
 
-  Json pool = PoolObject("fast");
-  pool["spec"]["devicesPerNode"] = 4;
-  ASSERT_TRUE(client_->Update(resources::kDevicePools, "", pool).ok());
+  ASSERT_TRUE(UpdatePoolSpec("fast", [](Json& spec) { spec["devicesPerNode"] = 4; }));
   ASSERT_TRUE(WaitFor([&] {
     auto cm = ConfigMap("fast");
     return cm &&
@@ -140,9 +151,7 @@ TEST_F(ControllerTest, SpecChangeUpdatesTheConfigMapAndRollsOnlyForUnreloadableS
   EXPECT_EQ((*DaemonSet("fast"))["spec"]["template"], template_before);
   EXPECT_EQ((*DaemonSet("fast"))["metadata"]["resourceVersion"], ds_version);
 
-  pool = PoolObject("fast");
-  pool["spec"]["pollThreads"] = 2;
-  ASSERT_TRUE(client_->Update(resources::kDevicePools, "", pool).ok());
+  ASSERT_TRUE(UpdatePoolSpec("fast", [](Json& spec) { spec["pollThreads"] = 2; }));
   ASSERT_TRUE(WaitFor([&] {
     return (*DaemonSet("fast"))["spec"]["template"]["metadata"]["annotations"] !=
            template_before["metadata"]["annotations"];
