@@ -98,13 +98,14 @@ Result<uint16_t> Client::Send(uint16_t command, std::span<const uint8_t> payload
 
 Result<RawReply> Client::Receive() { return ReceiveExpecting(0); }
 
-Result<RawReply> Client::ReceiveExpecting(size_t expected_reply_size) {
+Result<InboundMessage*> Client::ReceiveInPlace(size_t expected_reply_size, bool fds_allowed) {
   // inbound_ persists across calls: after a timeout in the middle of a reply, the stream's
   // partial state refers to its buffer and the next call finishes that reply.
   InboundMessage& msg = inbound_;
-  // One recvmsg for the whole reply only when nothing but that reply can be in flight.
+  // One read for the whole reply only when nothing but that reply can be in flight.
   bool single = expected_reply_size > 0 && outstanding_ == 1 && in_step_;
-  auto st = single ? stream_.ReadExpected(&msg, expected_reply_size) : stream_.Read(&msg);
+  auto st = single ? stream_.ReadExpected(&msg, expected_reply_size, fds_allowed)
+                   : stream_.Read(&msg);
   if (!st) {
     in_step_ = false;
     return st.error();
@@ -115,10 +116,16 @@ Result<RawReply> Client::ReceiveExpecting(size_t expected_reply_size) {
   }
   if (*st == ReadStatus::kClosed) return MakeError(ECONNRESET, "server closed the connection");
   if (outstanding_ > 0) --outstanding_;
+  return &msg;
+}
+
+Result<RawReply> Client::ReceiveExpecting(size_t expected_reply_size) {
+  auto msg = ReceiveInPlace(expected_reply_size, /*fds_allowed=*/true);
+  if (!msg) return msg.error();
   RawReply r;
-  r.header = msg.header;
-  r.payload = std::exchange(msg.payload, {});
-  r.fds = std::exchange(msg.fds, {});
+  r.header = (*msg)->header;
+  r.payload = std::exchange((*msg)->payload, {});
+  r.fds = std::exchange((*msg)->fds, {});
   return r;
 }
 
@@ -134,20 +141,28 @@ Result<RawReply> Client::CallExpecting(size_t expected_reply_size, uint16_t comm
   if (!id) return id.error();
   auto reply = ReceiveExpecting(expected_reply_size);
   if (!reply) return reply.error();
-  if (reply->header.msg_id != *id || reply->header.command != command) {
-    return MakeError(EPROTO, "reply " + Num(reply->header.msg_id) + "/" +
-                                 Num(reply->header.command) + " does not match request " +
-                                 Num(*id) + "/" + Num(command));
-  }
+  VFU_RETURN_IF_ERROR(CheckReplyMatches(reply->header, *id, command));
   return reply;
 }
 
+Status Client::CheckReplyMatches(const wire::Header& header, uint16_t id, uint16_t command) {
+  if (header.msg_id != id || header.command != command) {
+    return MakeError(EPROTO, "reply " + Num(header.msg_id) + "/" + Num(header.command) +
+                                 " does not match request " + Num(id) + "/" + Num(command));
+  }
+  return Status::Ok();
+}
+
 Status Client::CheckReply(const RawReply& reply, uint16_t command) const {
-  if (proto::MessageType(reply.header) != wire::kFlagTypeReply) {
+  return CheckReplyHeader(reply.header, command);
+}
+
+Status Client::CheckReplyHeader(const wire::Header& header, uint16_t command) const {
+  if (proto::MessageType(header) != wire::kFlagTypeReply) {
     return MakeError(EPROTO, "expected a reply to " + std::string(wire::CommandName(command)));
   }
-  if (reply.is_error()) {
-    int err = reply.header.error_no != 0 ? static_cast<int>(reply.header.error_no) : EIO;
+  if (header.flags & wire::kFlagError) {
+    int err = header.error_no != 0 ? static_cast<int>(header.error_no) : EIO;
     return MakeError(err,
                      std::string(wire::CommandName(command)) + " failed: " + std::strerror(err));
   }
@@ -211,14 +226,20 @@ Status Client::RegionRead(uint32_t region, uint64_t offset, std::span<uint8_t> o
   while (done < out.size()) {
     uint32_t chunk = static_cast<uint32_t>(std::min<size_t>(out.size() - done, max_xfer_));
     wire::RegionAccess req{offset + done, region, chunk};
-    auto reply =
-        CallExpecting(sizeof(wire::Header) + sizeof(wire::RegionAccess) + chunk, cmd, AsBytes(req));
+    // The hot path of trapped MMIO: the reply (which never carries fds) is read in place, with
+    // no allocation and no control buffer.
+    auto id = Send(cmd, AsBytes(req));
+    if (!id) return id.error();
+    auto reply = ReceiveInPlace(sizeof(wire::Header) + sizeof(wire::RegionAccess) + chunk,
+                                /*fds_allowed=*/false);
     if (!reply) return reply.error();
-    VFU_RETURN_IF_ERROR(CheckReply(*reply, cmd));
-    if (reply->payload.size() != sizeof(wire::RegionAccess) + chunk) {
-      return MakeError(EPROTO, "REGION_READ reply has " + Num(reply->payload.size()) + " bytes");
+    const InboundMessage& m = **reply;
+    VFU_RETURN_IF_ERROR(CheckReplyMatches(m.header, *id, cmd));
+    VFU_RETURN_IF_ERROR(CheckReplyHeader(m.header, cmd));
+    if (m.payload.size() != sizeof(wire::RegionAccess) + chunk) {
+      return MakeError(EPROTO, "REGION_READ reply has " + Num(m.payload.size()) + " bytes");
     }
-    std::memcpy(out.data() + done, reply->payload.data() + sizeof(wire::RegionAccess), chunk);
+    std::memcpy(out.data() + done, m.payload.data() + sizeof(wire::RegionAccess), chunk);
     done += chunk;
   }
   return Status::Ok();

@@ -116,12 +116,18 @@ class Client {
   Client(UnixConnection connection, ClientOptions options);
   Status Negotiate();
   Status CheckReply(const RawReply& reply, uint16_t command) const;
+  Status CheckReplyHeader(const wire::Header& header, uint16_t command) const;
+  static Status CheckReplyMatches(const wire::Header& header, uint16_t id, uint16_t command);
   // Call / Receive for a reply whose full size is known (0: unknown). With exactly one request
   // outstanding the reply is then read with a single recvmsg (MessageStream::ReadExpected).
   Result<RawReply> CallExpecting(size_t expected_reply_size, uint16_t command,
                                  std::span<const uint8_t> payload, std::span<const int> fds = {},
                                  uint32_t flags = 0);
   Result<RawReply> ReceiveExpecting(size_t expected_reply_size);
+  // Reads the next reply into inbound_ (valid until the next call; no allocation once its
+  // buffers have grown). `fds_allowed` false: the reply cannot carry fds (read without a
+  // control buffer).
+  Result<InboundMessage*> ReceiveInPlace(size_t expected_reply_size, bool fds_allowed);
 
   MessageStream stream_;
   ClientOptions options_;

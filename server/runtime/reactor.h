@@ -8,6 +8,8 @@
 // (socket, eventfd, kick) is ready. Busy and idle time are counted per poller.
 #pragma once
 
+#include <sys/epoll.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -115,10 +117,16 @@ class Reactor {
 
   bool RunPollers();
   bool PollersAgreeToSleep();
+  // epoll_wait into events_ (sleeping up to timeout_ms), then the handlers of those events and
+  // the posted tasks.
+  int WaitForEvents(int timeout_ms);
+  void HandleEvents(int n);
   int DispatchEvents(int timeout_ms);
   void RunPostedTasks();
 
+  static constexpr int kMaxEvents = 64;
   Options options_;
+  epoll_event events_[kMaxEvents] = {};
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;
   std::unordered_map<int, std::unique_ptr<Watch>> watches_;

@@ -101,7 +101,8 @@ void DeviceEndpoint::OnSessionEvent(uint32_t events) {
   if (!session_) return;
   Session::State state = Session::State::kOpen;
   if (events & EPOLLOUT) state = session_->OnWritable();
-  if (state == Session::State::kOpen && (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR))) {
+  if (state == Session::State::kOpen &&
+      ((events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR)) || session_->HasBufferedInput())) {
     state = session_->OnReadable();
   }
   if (state == Session::State::kClosed) {
@@ -109,6 +110,18 @@ void DeviceEndpoint::OnSessionEvent(uint32_t events) {
     return;
   }
   UpdateSessionInterest();
+  // Requests already read from the socket will not make it readable again: run the session
+  // for them soon (after other work of this round), unless replies must drain first (then the
+  // EPOLLOUT event runs it).
+  if (session_->HasBufferedInput() && !session_->ReadPaused() && !rerun_posted_) {
+    rerun_posted_ = true;
+    reactor_->Post([weak = std::weak_ptr<DeviceEndpoint*>(self_)] {
+      auto self = weak.lock();
+      if (!self) return;
+      (*self)->rerun_posted_ = false;
+      (*self)->OnSessionEvent(0);
+    });
+  }
 }
 
 void DeviceEndpoint::UpdateSessionInterest() {

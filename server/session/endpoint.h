@@ -75,6 +75,9 @@ class DeviceEndpoint {
   UnixListener listener_;
   std::unique_ptr<Session> session_;
   uint32_t session_events_ = 0;  // what the session's fd is registered for
+  bool rerun_posted_ = false;    // a task will run the session for input it already read
+  // Posted tasks hold a weak reference: one that runs after the endpoint is gone does nothing.
+  std::shared_ptr<DeviceEndpoint*> self_ = std::make_shared<DeviceEndpoint*>(this);
   uint64_t client_counter_ = 0;
   std::string client_description_;
   EndpointStats stats_;

@@ -45,24 +45,40 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
       // A new message: first what an earlier read took beyond the previous one.
       msg->Clear();
       if (carry_len_ > 0) {
-        msg->fds = std::move(carry_fds_);
-        carry_fds_.clear();
-        msg->fds_truncated = carry_fds_truncated_;
-        carry_fds_truncated_ = false;
+        const size_t start = carry_off_;
         bool done = false;
         auto used = Absorb(carry_ + carry_off_, carry_len_, msg, &done);
         if (!used) return used.error();
         carry_off_ += *used;
         carry_len_ -= *used;
+        // The carried fds belong to the message holding the last byte of the read that
+        // brought them (see the speculative read below): this one unless it ended before that
+        // byte.
+        if (carry_fds_pending_ && (!done || start + *used > carry_fds_owner_)) {
+          msg->fds = std::move(carry_fds_);
+          carry_fds_.clear();
+          msg->fds_truncated = carry_fds_truncated_;
+          carry_fds_truncated_ = false;
+          carry_fds_pending_ = false;
+        }
         if (done) return ReadStatus::kMessage;
         continue;  // the carried bytes were all used: the rest comes from the socket
       }
       if (speculative_) {
-        // Header and the first bytes of the payload in one recvmsg. A message shorter than
-        // that lets the read run into the next one; those bytes, and any fds that came with
-        // them (they ride with the first byte of a later message: a message that carries fds
-        // ends a read), are kept for the next message.
-        uint8_t buf[sizeof(header_buf_) + kSpeculativePayload];
+        if (drained_) {
+          // The last read found the socket empty behind the bytes it returned: nothing is
+          // waiting, so skip the read that would only say EAGAIN. (Level-triggered epoll
+          // reports anything that arrived since.)
+          drained_ = false;
+          return ReadStatus::kWouldBlock;
+        }
+        // Header, the first bytes of the payload and one byte more in one recvmsg: a read that
+        // comes back short has emptied the socket. A message shorter than the read lets it run
+        // into the next one; those bytes are kept for the next message. Fds ride with the first
+        // byte of the sendmsg that carried them and end the read, so they belong to the message
+        // holding the read's last byte (each sendmsg carries at most one message, as QEMU and
+        // our client send them).
+        uint8_t buf[kSpeculativeRead];
         auto got = connection_.Receive({buf, sizeof(buf)}, &msg->fds);
         if (!got) {
           if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
@@ -70,6 +86,8 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
         }
         if (got->fds_truncated) msg->fds_truncated = true;
         if (got->bytes == 0) return ReadStatus::kClosed;
+        const bool came_with_fds = !msg->fds.empty() || msg->fds_truncated;
+        drained_ = got->bytes < sizeof(buf) && !came_with_fds;
         bool done = false;
         auto used = Absorb(buf, got->bytes, msg, &done);
         if (!used) return used.error();
@@ -77,16 +95,22 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
           std::memcpy(carry_, buf + *used, got->bytes - *used);
           carry_off_ = 0;
           carry_len_ = got->bytes - *used;
-          carry_fds_ = std::move(msg->fds);
-          msg->fds.clear();
-          carry_fds_truncated_ = msg->fds_truncated;
-          msg->fds_truncated = false;
+          if (came_with_fds) {
+            // The last byte is in the carry, so the fds belong to a later message.
+            carry_fds_ = std::move(msg->fds);
+            msg->fds.clear();
+            carry_fds_truncated_ = msg->fds_truncated;
+            msg->fds_truncated = false;
+            carry_fds_pending_ = true;
+            carry_fds_owner_ = carry_len_ - 1;
+          }
         }
         if (done) return ReadStatus::kMessage;
         continue;
       }
     }
     // The rest of the header or of the payload, never reading past this message.
+    drained_ = false;
     bool done = false;
     if (!in_payload_) {
       uint8_t rest[sizeof(header_buf_)];
@@ -121,37 +145,49 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
   }
 }
 
-Result<ReadStatus> MessageStream::ReadExpected(InboundMessage* msg, size_t expected_size) {
+Result<ReadStatus> MessageStream::ReadExpected(InboundMessage* msg, size_t expected_size,
+                                               bool fds_allowed) {
   if (header_have_ != 0 || in_payload_ || expected_size <= sizeof(header_buf_)) return Read(msg);
   msg->Clear();
   msg->payload.resize(expected_size - sizeof(header_buf_));
   iovec iov[2] = {{header_buf_, sizeof(header_buf_)}, {msg->payload.data(), msg->payload.size()}};
-  auto got = connection_.Receive(iov, &msg->fds);
-  if (!got) {
-    if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
-    return got.error();
+  size_t bytes = 0;
+  if (fds_allowed) {
+    auto got = connection_.Receive(iov, &msg->fds);
+    if (!got) {
+      if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
+      return got.error();
+    }
+    if (got->fds_truncated) msg->fds_truncated = true;
+    bytes = got->bytes;
+  } else {
+    auto got = connection_.ReceiveBytes(iov);
+    if (!got) {
+      if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
+      return got.error();
+    }
+    bytes = *got;
   }
-  if (got->fds_truncated) msg->fds_truncated = true;
-  if (got->bytes == 0) return ReadStatus::kClosed;
-  if (got->bytes < sizeof(header_buf_)) {  // a short read: the rest, the exact way
-    header_have_ = got->bytes;
+  if (bytes == 0) return ReadStatus::kClosed;
+  if (bytes < sizeof(header_buf_)) {  // a short read: the rest, the exact way
+    header_have_ = bytes;
     return Read(msg);
   }
   std::memcpy(&msg->header, header_buf_, sizeof(header_buf_));
   last_header_ = msg->header;
   auto header = proto::DecodeHeader({header_buf_, sizeof(header_buf_)}, max_message_size_);
   if (!header) return header.error();
-  if (got->bytes > header->msg_size) {
-    return MakeError(EPROTO, "received " + std::to_string(got->bytes) + " bytes where one " +
+  if (bytes > header->msg_size) {
+    return MakeError(EPROTO, "received " + std::to_string(bytes) + " bytes where one " +
                                  std::to_string(header->msg_size) +
                                  "-byte message was expected: more than one message in flight");
   }
   msg->payload.resize(header->msg_size - sizeof(header_buf_));
-  if (got->bytes == header->msg_size) return ReadStatus::kMessage;
+  if (bytes == header->msg_size) return ReadStatus::kMessage;
   // Part of the payload is still to come.
   header_have_ = sizeof(header_buf_);
   in_payload_ = true;
-  payload_have_ = got->bytes - sizeof(header_buf_);
+  payload_have_ = bytes - sizeof(header_buf_);
   return Read(msg);
 }
 

@@ -53,12 +53,20 @@ class MessageStream {
   // the message is longer. A read never crosses the end of the message it starts with, so fds
   // stay attributed to that message; if the socket holds more than that one message (bytes
   // beyond msg_size arrived), the stream is out of step: EPROTO, and it must be closed.
-  Result<ReadStatus> ReadExpected(InboundMessage* msg, size_t expected_size);
+  // `fds_allowed` false: the reply cannot carry fds, so it is read without a control buffer
+  // (UnixConnection::ReceiveBytes); fds a peer sends anyway are dropped by the kernel.
+  Result<ReadStatus> ReadExpected(InboundMessage* msg, size_t expected_size,
+                                  bool fds_allowed = true);
   bool mid_message() const { return header_have_ > 0 || in_payload_ || carry_len_ > 0; }
   // Server side: read the header together with the first kSpeculativePayload payload bytes
-  // (one recvmsg instead of two for most requests; see Read).
+  // and one byte more (one recvmsg instead of two for most requests, and a short read tells
+  // that the socket is empty, which saves the read that would return EAGAIN; see Read).
   void set_speculative_reads(bool on) { speculative_ = on; }
   static constexpr size_t kSpeculativePayload = 16;
+  static constexpr size_t kSpeculativeRead = sizeof(wire::Header) + kSpeculativePayload + 1;
+  // Bytes already read from the socket that belong to messages not yet returned by Read: the
+  // caller must call Read again without waiting for the socket to become readable.
+  bool HasBufferedInput() const { return carry_len_ > 0; }
   const std::optional<wire::Header>& last_header() const { return last_header_; }
 
   // Sends one whole message (fds ride with its first byte). What the socket does not accept
@@ -91,11 +99,15 @@ class MessageStream {
   std::optional<wire::Header> last_header_;
   bool speculative_ = false;
   // Bytes (and fds) a speculative read took beyond the message it was for.
-  uint8_t carry_[kSpeculativePayload] = {};
+  uint8_t carry_[kSpeculativeRead - sizeof(wire::Header)] = {};
   size_t carry_off_ = 0;
   size_t carry_len_ = 0;
   std::vector<UniqueFd> carry_fds_;
   bool carry_fds_truncated_ = false;
+  bool carry_fds_pending_ = false;  // carry_fds_/carry_fds_truncated_ await their message
+  size_t carry_fds_owner_ = 0;      // index in carry_ of a byte of the message they belong to
+  // The last speculative read came back short without fds: the socket was empty after it.
+  bool drained_ = false;
   std::deque<Pending> pending_;
   size_t pending_bytes_ = 0;
 };

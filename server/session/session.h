@@ -59,6 +59,9 @@ class Session : public DeviceContext {
   // True when replies are queued (register for EPOLLOUT) or reading is paused by them.
   bool WantsWrite() const { return stream_.HasPendingOutput(); }
   bool ReadPaused() const { return stream_.pending_bytes() >= options_.max_pending_output; }
+  // Requests already read from the socket wait to be handled (the read budget or a pause
+  // stopped OnReadable): call OnReadable again without waiting for the socket.
+  bool HasBufferedInput() const { return stream_.HasBufferedInput(); }
 
   int fd() const { return stream_.fd(); }
   bool negotiated() const { return negotiated_; }

@@ -92,7 +92,32 @@ Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> 
   return received;
 }
 
+Result<size_t> UnixConnection::ReceiveBytes(std::span<const iovec> iov) {
+  ssize_t n;
+  do {
+    n = ::readv(fd_.get(), iov.data(), static_cast<int>(iov.size()));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
+    return Errno("readv");
+  }
+  return static_cast<size_t>(n);
+}
+
 Result<size_t> UnixConnection::Send(std::span<const iovec> iov, std::span<const int> fds) {
+  if (fds.empty() && iov.size() == 1) {
+    // The common case (every request and reply without fds): send(2) skips the msghdr and
+    // iovec copies of sendmsg(2).
+    ssize_t n;
+    do {
+      n = ::send(fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "socket buffer full");
+      return Errno("send");
+    }
+    return static_cast<size_t>(n);
+  }
   msghdr msg{};
   msg.msg_iov = const_cast<iovec*>(iov.data());
   msg.msg_iovlen = iov.size();

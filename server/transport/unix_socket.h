@@ -44,9 +44,14 @@ class UnixConnection {
   Result<Received> Receive(std::span<uint8_t> buf, std::vector<UniqueFd>* fds);
   // The same into several buffers (one recvmsg).
   Result<Received> Receive(std::span<const iovec> iov, std::vector<UniqueFd>* fds);
+  // For a reader that knows no fds can legitimately come with these bytes: readv without a
+  // control buffer (cheaper than recvmsg). Fds a peer sends anyway are closed by the kernel
+  // (they are never installed in this process); the bytes are returned as usual.
+  Result<size_t> ReceiveBytes(std::span<const iovec> iov);
 
-  // Sends the iovecs in one sendmsg; `fds` ride with the first byte. Returns the bytes written
-  // (possibly fewer than asked); EAGAIN as an error when the socket buffer is full.
+  // Sends the iovecs in one sendmsg (a plain send when there is one buffer and no fd); `fds`
+  // ride with the first byte. Returns the bytes written (possibly fewer than asked); EAGAIN as
+  // an error when the socket buffer is full.
   Result<size_t> Send(std::span<const iovec> iov, std::span<const int> fds = {});
 
   Status SetNonBlocking(bool non_blocking);

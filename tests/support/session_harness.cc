@@ -70,6 +70,7 @@ Session::State SessionHarness::RunServer() {
       return st;
     }
     if (session_->WantsWrite()) (void)session_->OnWritable();
+    if (session_->HasBufferedInput() && !session_->ReadPaused()) continue;  // as the endpoint
     pollfd p{session_->fd(), POLLIN, 0};
     if (::poll(&p, 1, 0) <= 0) break;
   }

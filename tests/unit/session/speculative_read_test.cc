@@ -63,6 +63,36 @@ TEST(SpeculativeRead, FdsOfAMessageFollowingAShortOneGoToThatMessage) {
   EXPECT_EQ(OpenFdCount(), fds_before);
 }
 
+TEST(SpeculativeRead, FdsAfterTwoHeaderOnlyMessagesGoToTheMessageTheyCameWith) {
+  size_t fds_before = OpenFdCount();
+  {
+    SessionHarness h;
+    h.Negotiate();
+    UniqueFd memfd(::memfd_create("guest", MFD_CLOEXEC));
+    ASSERT_EQ(::ftruncate(memfd.get(), 1 << 20), 0);
+    // Two DEVICE_RESETs (16 bytes each) and a DMA_MAP with its memfd, as three sendmsg calls,
+    // before the server reads: its first read ends one byte into the map and brings the fd, so
+    // the carried bytes hold the whole second reset; the fd is the map's, not the reset's.
+    h.Send(Command::kDeviceReset, {});
+    h.Send(Command::kDeviceReset, {});
+    wire::DmaMap map{32, wire::kDmaFlagRead | wire::kDmaFlagWrite, 0, 0x100000, 1 << 20};
+    int fd = memfd.get();
+    h.SendStruct(Command::kDmaMap, map, {&fd, 1});
+    h.RunServer();
+    for (int i = 0; i < 2; ++i) {
+      auto reset = h.ReadReply();
+      ASSERT_TRUE(reset);
+      EXPECT_FALSE(reset->is_error()) << "reset " << i << " errno " << reset->error_no();
+    }
+    auto mapped = h.ReadReply();
+    ASSERT_TRUE(mapped);
+    EXPECT_FALSE(mapped->is_error()) << mapped->error_no();
+    ASSERT_EQ(h.session()->dma_maps().size(), 1u);
+    EXPECT_TRUE(h.session()->dma_maps().regions().begin()->second.mapping.valid());
+  }
+  EXPECT_EQ(OpenFdCount(), fds_before);
+}
+
 TEST(SpeculativeRead, AMessageSplitAcrossTheCarriedBytesAndTheSocketIsReassembled) {
   SessionHarness h;
   h.Negotiate();

@@ -1,0 +1,117 @@
+// Reactor: pollers, adaptive sleep, fd handlers and posted tasks, driven one round at a time
+// with RunOnce on the test thread.
+#include "server/runtime/reactor.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace vfu {
+namespace {
+
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+
+// A poller that finds work while `work` is positive and writes what happened into a shared log.
+class ScriptedPoller : public Poller {
+ public:
+  ScriptedPoller(std::vector<std::string>* log, microseconds threshold)
+      : log_(log), threshold_(threshold) {}
+  PollResult Poll() override {
+    log_->push_back("poll");
+    if (work > 0) {
+      --work;
+      return PollResult::kBusy;
+    }
+    return PollResult::kIdle;
+  }
+  bool PrepareToSleep() override {
+    log_->push_back("prepare");
+    return agree_to_sleep;
+  }
+  void AfterWake() override { log_->push_back("wake"); }
+  microseconds IdleThreshold() const override { return threshold_; }
+
+  int work = 0;
+  bool agree_to_sleep = true;
+
+ private:
+  std::vector<std::string>* log_;
+  microseconds threshold_;
+};
+
+UniqueFd MakeEventfd() { return UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)); }
+
+void Signal(int fd) {
+  uint64_t one = 1;
+  ASSERT_EQ(::write(fd, &one, sizeof(one)), static_cast<ssize_t>(sizeof(one)));
+}
+
+TEST(Reactor, AfterASleepPollersRunBeforeTheHandlerOfTheFdThatWokeIt) {
+  std::vector<std::string> log;
+  Reactor reactor;
+  ScriptedPoller poller(&log, microseconds(0));  // sleeps as soon as it is idle
+  reactor.AddPoller(&poller, "p");
+  UniqueFd kick = MakeEventfd();
+  ASSERT_TRUE(reactor
+                  .Add(kick.get(), EPOLLIN,
+                       [&](uint32_t) {
+                         uint64_t v;
+                         (void)::read(kick.get(), &v, sizeof(v));
+                         log.push_back("kick handled");
+                       })
+                  .ok());
+  // While the thread sleeps, a "driver" kicks (it published its work in shared memory first).
+  std::thread driver([&] {
+    std::this_thread::sleep_for(milliseconds(50));
+    Signal(kick.get());
+  });
+  reactor.RunOnce(milliseconds(5000));  // idle: prepares, sleeps, is woken by the kick
+  driver.join();
+  std::vector<std::string> expected = {"poll", "prepare", "wake", "poll", "kick handled"};
+  EXPECT_EQ(log, expected);
+  EXPECT_EQ(reactor.sleeps(), 1u);
+}
+
+TEST(Reactor, DoesNotSleepWhenAPollerFindsWorkWhilePreparing) {
+  std::vector<std::string> log;
+  Reactor reactor;
+  ScriptedPoller poller(&log, microseconds(0));
+  poller.agree_to_sleep = false;
+  reactor.AddPoller(&poller, "p");
+  auto start = std::chrono::steady_clock::now();
+  reactor.RunOnce(milliseconds(1000));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(500));
+  EXPECT_EQ(reactor.sleeps(), 0u);
+  std::vector<std::string> expected = {"poll", "prepare", "wake"};  // rolled back to polling
+  EXPECT_EQ(log, expected);
+}
+
+TEST(Reactor, BusyModePollerKeepsTheThreadAwake) {
+  std::vector<std::string> log;
+  Reactor reactor;
+  ScriptedPoller poller(&log, Poller::kNeverSleep);
+  reactor.AddPoller(&poller, "p");
+  for (int i = 0; i < 100; ++i) reactor.RunOnce(milliseconds(1000));
+  EXPECT_EQ(reactor.sleeps(), 0u);
+  EXPECT_EQ(std::count(log.begin(), log.end(), "prepare"), 0);
+}
+
+TEST(Reactor, TasksPostedFromAnotherThreadRunOnTheReactorThread) {
+  Reactor reactor;
+  std::thread::id ran_on;
+  std::thread poster([&] { reactor.Post([&] { ran_on = std::this_thread::get_id(); }); });
+  poster.join();
+  reactor.RunOnce(milliseconds(1000));
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+}
+
+}  // namespace
+}  // namespace vfu
