@@ -3,7 +3,7 @@
 #include <sys/mman.h>
 
 #include <cstring>
-#include <deque>
+#include <vector>
 
 #include "server/common/checked_math.h"
 #include "server/common/mapping.h"
@@ -70,7 +70,7 @@ class ImmediateBackend : public Backend {
  private:
   uint64_t size_;
   unsigned depth_;
-  std::deque<Completion> done_;
+  std::vector<Completion> done_;
 };
 
 class NullBackend : public ImmediateBackend {

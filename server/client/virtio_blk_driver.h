@@ -79,6 +79,20 @@ class VirtioBlkDriver {
   uint64_t slot_iova(uint16_t queue, uint16_t slot) const { return SlotIova(queue, slot, 0); }
   // Test hook: the first IOVA after the driver's DMA-mapped memory.
   uint64_t memory_end_iova() const { return options_.iova_base + memory_.size(); }
+  // Benchmark hook: host pointers to a queue's rings and to the driver's memory, so that a
+  // baseline device loop can serve the same rings without the server.
+  struct RingView {
+    uint8_t* desc = nullptr;
+    uint8_t* avail = nullptr;
+    uint8_t* used = nullptr;
+    uint16_t size = 0;
+    uint8_t* memory = nullptr;  // host address of iova_base
+    uint64_t iova_base = 0;
+  };
+  RingView ring_view(uint16_t queue) const {
+    const Queue& q = queues_[queue];
+    return {q.desc, q.avail, q.used, queue_size_, memory_.data(), options_.iova_base};
+  }
   // Test hook: moves the avail index by `delta` without adding entries (a broken driver).
   void CorruptAvailIndex(uint16_t queue, uint16_t delta);
 

@@ -65,19 +65,11 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
         continue;  // the carried bytes were all used: the rest comes from the socket
       }
       if (speculative_) {
-        if (drained_) {
-          // The last read found the socket empty behind the bytes it returned: nothing is
-          // waiting, so skip the read that would only say EAGAIN. (Level-triggered epoll
-          // reports anything that arrived since.)
-          drained_ = false;
-          return ReadStatus::kWouldBlock;
-        }
-        // Header, the first bytes of the payload and one byte more in one recvmsg: a read that
-        // comes back short has emptied the socket. A message shorter than the read lets it run
-        // into the next one; those bytes are kept for the next message. Fds ride with the first
-        // byte of the sendmsg that carried them and end the read, so they belong to the message
-        // holding the read's last byte (each sendmsg carries at most one message, as QEMU and
-        // our client send them).
+        // Header and the first bytes of the payload in one recvmsg. A message shorter than
+        // that lets the read run into the next one; those bytes are kept for the next message.
+        // Fds ride with the first byte of the sendmsg that carried them and end the read, so
+        // they belong to the message holding the read's last byte (each sendmsg carries at
+        // most one message, as QEMU and our client send them).
         uint8_t buf[kSpeculativeRead];
         auto got = connection_.Receive({buf, sizeof(buf)}, &msg->fds);
         if (!got) {
@@ -87,7 +79,6 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
         if (got->fds_truncated) msg->fds_truncated = true;
         if (got->bytes == 0) return ReadStatus::kClosed;
         const bool came_with_fds = !msg->fds.empty() || msg->fds_truncated;
-        drained_ = got->bytes < sizeof(buf) && !came_with_fds;
         bool done = false;
         auto used = Absorb(buf, got->bytes, msg, &done);
         if (!used) return used.error();
@@ -110,7 +101,6 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
       }
     }
     // The rest of the header or of the payload, never reading past this message.
-    drained_ = false;
     bool done = false;
     if (!in_payload_) {
       uint8_t rest[sizeof(header_buf_)];

@@ -59,11 +59,10 @@ class MessageStream {
                                   bool fds_allowed = true);
   bool mid_message() const { return header_have_ > 0 || in_payload_ || carry_len_ > 0; }
   // Server side: read the header together with the first kSpeculativePayload payload bytes
-  // and one byte more (one recvmsg instead of two for most requests, and a short read tells
-  // that the socket is empty, which saves the read that would return EAGAIN; see Read).
+  // (one recvmsg instead of two for most requests; see Read).
   void set_speculative_reads(bool on) { speculative_ = on; }
   static constexpr size_t kSpeculativePayload = 16;
-  static constexpr size_t kSpeculativeRead = sizeof(wire::Header) + kSpeculativePayload + 1;
+  static constexpr size_t kSpeculativeRead = sizeof(wire::Header) + kSpeculativePayload;
   // Bytes already read from the socket that belong to messages not yet returned by Read: the
   // caller must call Read again without waiting for the socket to become readable.
   bool HasBufferedInput() const { return carry_len_ > 0; }
@@ -106,8 +105,6 @@ class MessageStream {
   bool carry_fds_truncated_ = false;
   bool carry_fds_pending_ = false;  // carry_fds_/carry_fds_truncated_ await their message
   size_t carry_fds_owner_ = 0;      // index in carry_ of a byte of the message they belong to
-  // The last speculative read came back short without fds: the socket was empty after it.
-  bool drained_ = false;
   std::deque<Pending> pending_;
   size_t pending_bytes_ = 0;
 };

@@ -27,9 +27,10 @@ TEST(DeviceEndpoint, PipelinedRequestsLeftInTheReadBufferAfterTheReadBudgetAreAn
   ASSERT_TRUE(c.ok()) << c.error().message;
 
   // Hold the reactor while the requests go out, so that they all wait in the socket together:
-  // 17 header-only DEVICE_RESETs. The session handles 16 per readiness event (its read
-  // budget); its reads run one byte past a message, so the 17th ends up read but unhandled,
-  // with the socket empty behind it.
+  // a DEVICE_GET_INFO (32 bytes) and 16 header-only DEVICE_RESETs. The session handles 16
+  // requests per readiness event (its read budget) and reads 32 bytes at a time, so two resets
+  // come in one read; the 17th request ends up read but unhandled, with the socket empty
+  // behind it.
   std::promise<void> release;
   std::promise<void> held;
   server.reactor().Post([&] {
@@ -40,7 +41,10 @@ TEST(DeviceEndpoint, PipelinedRequestsLeftInTheReadBufferAfterTheReadBudgetAreAn
   constexpr int kRequests = 17;
   std::vector<uint16_t> ids;
   for (int i = 0; i < kRequests; ++i) {
-    auto id = (*c)->Send(static_cast<uint16_t>(Command::kDeviceReset), {});
+    wire::DeviceInfo info{sizeof(wire::DeviceInfo), 0, 0, 0};
+    auto id = i == 0 ? (*c)->Send(static_cast<uint16_t>(Command::kDeviceGetInfo),
+                                  {reinterpret_cast<const uint8_t*>(&info), sizeof(info)})
+                     : (*c)->Send(static_cast<uint16_t>(Command::kDeviceReset), {});
     ASSERT_TRUE(id.ok()) << id.error().message;
     ids.push_back(*id);
   }

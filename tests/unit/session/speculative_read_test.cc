@@ -71,8 +71,8 @@ TEST(SpeculativeRead, FdsAfterTwoHeaderOnlyMessagesGoToTheMessageTheyCameWith) {
     UniqueFd memfd(::memfd_create("guest", MFD_CLOEXEC));
     ASSERT_EQ(::ftruncate(memfd.get(), 1 << 20), 0);
     // Two DEVICE_RESETs (16 bytes each) and a DMA_MAP with its memfd, as three sendmsg calls,
-    // before the server reads: its first read ends one byte into the map and brings the fd, so
-    // the carried bytes hold the whole second reset; the fd is the map's, not the reset's.
+    // before the server reads: whichever read brings the fd, the fd is the map's, never a
+    // reset's (a reset that gets an fd fails with EINVAL).
     h.Send(Command::kDeviceReset, {});
     h.Send(Command::kDeviceReset, {});
     wire::DmaMap map{32, wire::kDmaFlagRead | wire::kDmaFlagWrite, 0, 0x100000, 1 << 20};
