@@ -104,8 +104,8 @@ Result<InboundMessage*> Client::ReceiveInPlace(size_t expected_reply_size, bool 
   InboundMessage& msg = inbound_;
   // One read for the whole reply only when nothing but that reply can be in flight.
   bool single = expected_reply_size > 0 && outstanding_ == 1 && in_step_;
-  auto st = single ? stream_.ReadExpected(&msg, expected_reply_size, fds_allowed)
-                   : stream_.Read(&msg);
+  auto st =
+      single ? stream_.ReadExpected(&msg, expected_reply_size, fds_allowed) : stream_.Read(&msg);
   if (!st) {
     in_step_ = false;
     return st.error();

@@ -313,8 +313,8 @@ class Server {
   pthread_t handle_{};
   std::mutex mu_;
   std::condition_variable cv_;
-  bool paused_ = false;      // benchmark thread's view
-  bool paused_flag_ = true;  // guarded by mu_: the parked task waits while true
+  bool paused_ = false;              // benchmark thread's view
+  bool paused_flag_ = true;          // guarded by mu_: the parked task waits while true
   std::function<void()> on_resume_;  // guarded by mu_
 };
 
@@ -956,7 +956,8 @@ int main(int argc, char** argv) {
     server.Resume();
     // The parked device takes over the rings where the bare loop left them.
     vq_server.Resume([&] {
-      if (virtio::SplitVirtqueue* vq = vq_server.pci()->queue(0)) vq->set_indices(vq_last_avail, vq_used);
+      if (virtio::SplitVirtqueue* vq = vq_server.pci()->queue(0))
+        vq->set_indices(vq_last_avail, vq_used);
     });
   }
   // Informational: EVENT_IDX negotiated and interrupts armed (the device writes the MSI-X
@@ -1019,7 +1020,8 @@ int main(int argc, char** argv) {
     }
     server.Resume();
     vq_server.Resume([&] {
-      if (virtio::SplitVirtqueue* vq = vq_server.pci()->queue(0)) vq->set_indices(vq_last_avail, vq_used);
+      if (virtio::SplitVirtqueue* vq = vq_server.pci()->queue(0))
+        vq->set_indices(vq_last_avail, vq_used);
     });
   }
 
