@@ -109,6 +109,29 @@ TEST(UnixConnection, ReceiveReportsEagainThenBytesThenEndOfStream) {
   EXPECT_EQ(eof->bytes, 0u);
 }
 
+TEST(UnixConnection, ReceiveBytesTakesTheBytesAndNeverInstallsFdsSentWithThem) {
+  Pair p;
+  const size_t fds_before = OpenFdCount();
+  {
+    UniqueFd unexpected = Eventfd();
+    const uint8_t data[4] = {9, 8, 7, 6};
+    int raw = unexpected.get();
+    RawSend(p.a.fd(), data, {&raw, 1});
+  }  // our copy of the fd is closed; only the one in flight remains, owned by the socket
+  uint8_t head[1], rest[8];
+  iovec iov[2] = {{head, sizeof(head)}, {rest, sizeof(rest)}};
+  auto got = p.b.ReceiveBytes(iov);
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  ASSERT_EQ(*got, 4u);
+  EXPECT_EQ(head[0], 9);
+  EXPECT_EQ(rest[0], 8);
+  EXPECT_EQ(rest[2], 6);
+  EXPECT_EQ(OpenFdCount(), fds_before);  // the kernel closed the fd instead of installing it
+  auto none = p.b.ReceiveBytes(iov);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, EAGAIN);
+}
+
 TEST(UnixConnection, SendRefusesMoreFdsThanAReceiverAccepts) {
   Pair p;
   std::vector<UniqueFd> efds;
