@@ -87,8 +87,8 @@ class Reactor {
   // Thread-safe: runs `task` on the reactor thread soon.
   void Post(Task task);
 
-  // Runs until Stop(). RunOnce does one round, waiting at most `timeout` for fds when it may
-  // sleep; it returns whether anything was done.
+  // Runs until Stop(). RunOnce does one round, waiting at most `timeout` (negative: no limit)
+  // for fds when it may sleep; it returns whether anything was done.
   void Run();
   bool RunOnce(std::chrono::milliseconds timeout);
   void Stop();  // thread-safe

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -111,6 +112,18 @@ TEST(Reactor, TasksPostedFromAnotherThreadRunOnTheReactorThread) {
   poster.join();
   reactor.RunOnce(milliseconds(1000));
   EXPECT_EQ(ran_on, std::this_thread::get_id());
+}
+
+TEST(Reactor, RunSleepsUntilWokenByAPostedTaskAndStopsWhenAsked) {
+  Reactor reactor;
+  std::promise<void> ran;
+  std::thread loop([&] { reactor.Run(); });
+  std::this_thread::sleep_for(milliseconds(20));  // Run is asleep (it has no timeout)
+  reactor.Post([&] { ran.set_value(); });
+  EXPECT_EQ(ran.get_future().wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  reactor.Stop();
+  loop.join();
+  EXPECT_TRUE(reactor.stopping());
 }
 
 }  // namespace
