@@ -36,23 +36,26 @@ TEST(SpeculativeRead, ShortMessagesBackToBackInOneWriteAreEachAnswered) {
   }
 }
 
-TEST(SpeculativeRead, FdsOfAMessageFollowingAShortOneGoToThatMessage) {
+// Sends `resets` DEVICE_RESETs (no payload) and then a DMA_MAP with its memfd, each with its
+// own sendmsg, before the server reads anything; checks that every reset succeeds (a reset that
+// got the fd would fail with EINVAL) and that the map was made from the fd.
+void ExpectTheFdGoesToTheMapAfterResets(int resets) {
   size_t fds_before = OpenFdCount();
   {
     SessionHarness h;
     h.Negotiate();
     UniqueFd memfd(::memfd_create("guest", MFD_CLOEXEC));
     ASSERT_EQ(::ftruncate(memfd.get(), 1 << 20), 0);
-    // A DEVICE_RESET (no payload) and a DMA_MAP with its memfd, as two sendmsg calls, before
-    // the server reads anything: its first read takes the reset and the start of the map.
-    h.Send(Command::kDeviceReset, {});
+    for (int i = 0; i < resets; ++i) h.Send(Command::kDeviceReset, {});
     wire::DmaMap map{32, wire::kDmaFlagRead | wire::kDmaFlagWrite, 0, 0x100000, 1 << 20};
     int fd = memfd.get();
     h.SendStruct(Command::kDmaMap, map, {&fd, 1});
     h.RunServer();
-    auto reset = h.ReadReply();
-    ASSERT_TRUE(reset);
-    EXPECT_FALSE(reset->is_error());
+    for (int i = 0; i < resets; ++i) {
+      auto reset = h.ReadReply();
+      ASSERT_TRUE(reset);
+      EXPECT_FALSE(reset->is_error()) << "reset " << i << " errno " << reset->error_no();
+    }
     auto mapped = h.ReadReply();
     ASSERT_TRUE(mapped);
     EXPECT_FALSE(mapped->is_error()) << mapped->error_no();
@@ -63,34 +66,14 @@ TEST(SpeculativeRead, FdsOfAMessageFollowingAShortOneGoToThatMessage) {
   EXPECT_EQ(OpenFdCount(), fds_before);
 }
 
+TEST(SpeculativeRead, FdsOfAMessageFollowingAShortOneGoToThatMessage) {
+  // The server's first read takes the reset and the start of the map.
+  ExpectTheFdGoesToTheMapAfterResets(1);
+}
+
 TEST(SpeculativeRead, FdsAfterTwoHeaderOnlyMessagesGoToTheMessageTheyCameWith) {
-  size_t fds_before = OpenFdCount();
-  {
-    SessionHarness h;
-    h.Negotiate();
-    UniqueFd memfd(::memfd_create("guest", MFD_CLOEXEC));
-    ASSERT_EQ(::ftruncate(memfd.get(), 1 << 20), 0);
-    // Two DEVICE_RESETs (16 bytes each) and a DMA_MAP with its memfd, as three sendmsg calls,
-    // before the server reads: whichever read brings the fd, the fd is the map's, never a
-    // reset's (a reset that gets an fd fails with EINVAL).
-    h.Send(Command::kDeviceReset, {});
-    h.Send(Command::kDeviceReset, {});
-    wire::DmaMap map{32, wire::kDmaFlagRead | wire::kDmaFlagWrite, 0, 0x100000, 1 << 20};
-    int fd = memfd.get();
-    h.SendStruct(Command::kDmaMap, map, {&fd, 1});
-    h.RunServer();
-    for (int i = 0; i < 2; ++i) {
-      auto reset = h.ReadReply();
-      ASSERT_TRUE(reset);
-      EXPECT_FALSE(reset->is_error()) << "reset " << i << " errno " << reset->error_no();
-    }
-    auto mapped = h.ReadReply();
-    ASSERT_TRUE(mapped);
-    EXPECT_FALSE(mapped->is_error()) << mapped->error_no();
-    ASSERT_EQ(h.session()->dma_maps().size(), 1u);
-    EXPECT_TRUE(h.session()->dma_maps().regions().begin()->second.mapping.valid());
-  }
-  EXPECT_EQ(OpenFdCount(), fds_before);
+  // The first read takes both resets; the second carries the map and its fd.
+  ExpectTheFdGoesToTheMapAfterResets(2);
 }
 
 TEST(SpeculativeRead, AMessageSplitAcrossTheCarriedBytesAndTheSocketIsReassembled) {
