@@ -35,8 +35,8 @@
 //   cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release
 //   ninja -C build-bench virtio_blk_bench && build-bench/tests/virtio_blk_bench
 // Options: --quick (shorter phases), --no-pin, --profile=null1|null32|ram32 (only "ours" for
-// 5 s, for perf, with the server's busy/idle round statistics). A full run takes 20-25 s on a
-// quiet machine (up to ~50 s when contended rounds are re-run).
+// 5 s, for perf, with the server's busy/idle round statistics) or ram32-bare (the bare loop). A
+// full run takes 20-25 s on a quiet machine (up to ~50 s when contended rounds are re-run).
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -865,10 +865,31 @@ int main(int argc, char** argv) {
     } else if (a == "--quick") {
       g_scale = 0.4;
     } else if (a.rfind("--profile=", 0) == 0) {
-      // Only "ours" for 5 s, for perf: --profile=null1|null32|ram32.
+      // Only "ours" for 5 s, for perf: --profile=null1|null32|ram32; ram32-bare runs the bare
+      // split-virtqueue loop with its RAM disk instead, to compare profiles.
       std::string what = a.substr(10);
       Log::SetLevel(LogLevel::kError);
       PinTo(0);
+      if (what == "ram32-bare") {
+        Server vq_server("virtio-blk,id=d,backend=null,size=256M,poll=busy");
+        Guest g = Guest::Connect(vq_server.socket());
+        vq_server.Pause();
+        MemfdMapping disk(256u << 20);
+        for (size_t b = 0; b < disk.size; b += 4096) disk.data[b] = 1;
+        auto blocks = RandomBlocks(1 << 20, (256u << 20) / kBlock);
+        uint16_t la = 0, ui = 0;
+        {
+          BareVirtqueue loop(g.driver->ring_view(0), disk.data);
+          Stats st = RunOurs(*g.driver, 32, Phase(0.1), Phase(5), blocks, loop.thread());
+          Row("ram32-bare", st);
+          la = loop.last_avail();
+          ui = loop.used_idx();
+        }
+        vq_server.Resume([&] {
+          if (virtio::SplitVirtqueue* vq = vq_server.pci()->queue(0)) vq->set_indices(la, ui);
+        });
+        return 0;
+      }
       bool ram_disk = what == "ram32";
       Server server(ram_disk ? "virtio-blk,id=d,backend=ram,size=256M,poll=busy"
                              : "virtio-blk,id=d,backend=null,size=1G,poll=busy");
@@ -894,7 +915,8 @@ int main(int argc, char** argv) {
               static_cast<double>(pa.busy_ns - pb.busy_ns + pa.idle_ns - pb.idle_ns));
       return 0;
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--no-pin] [--profile=null1|null32|ram32]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--quick] [--no-pin] [--profile=null1|null32|ram32|ram32-bare]\n",
                    argv[0]);
       return 2;
     }
