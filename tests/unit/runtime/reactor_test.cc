@@ -87,9 +87,7 @@ TEST(Reactor, DoesNotSleepWhenAPollerFindsWorkWhilePreparing) {
   ScriptedPoller poller(&log, microseconds(0));
   poller.agree_to_sleep = false;
   reactor.AddPoller(&poller, "p");
-  auto start = std::chrono::steady_clock::now();
   reactor.RunOnce(milliseconds(1000));
-  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(500));
   EXPECT_EQ(reactor.sleeps(), 0u);
   std::vector<std::string> expected = {"poll", "prepare", "wake"};  // rolled back to polling
   EXPECT_EQ(log, expected);
