@@ -45,22 +45,15 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
       // A new message: first what an earlier read took beyond the previous one.
       msg->Clear();
       if (carry_len_ > 0) {
-        const size_t start = carry_off_;
+        msg->fds = std::move(carry_fds_);
+        carry_fds_.clear();
+        msg->fds_truncated = carry_fds_truncated_;
+        carry_fds_truncated_ = false;
         bool done = false;
         auto used = Absorb(carry_ + carry_off_, carry_len_, msg, &done);
         if (!used) return used.error();
         carry_off_ += *used;
         carry_len_ -= *used;
-        // The carried fds belong to the message holding the last byte of the read that
-        // brought them (see the speculative read below): this one unless it ended before that
-        // byte.
-        if (carry_fds_pending_ && (!done || start + *used > carry_fds_owner_)) {
-          msg->fds = std::move(carry_fds_);
-          carry_fds_.clear();
-          msg->fds_truncated = carry_fds_truncated_;
-          carry_fds_truncated_ = false;
-          carry_fds_pending_ = false;
-        }
         if (done) return ReadStatus::kMessage;
         continue;  // the carried bytes were all used: the rest comes from the socket
       }
@@ -69,7 +62,8 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
         // that lets the read run into the next one; those bytes are kept for the next message.
         // Fds ride with the first byte of the sendmsg that carried them and end the read, so
         // they belong to the message holding the read's last byte (each sendmsg carries at
-        // most one message, as QEMU and our client send them).
+        // most one message, as QEMU and our client send them). A message is at least a
+        // 16-byte header, so the carried bytes hold at most one message start: that message's.
         uint8_t buf[kSpeculativeRead];
         auto got = connection_.Receive({buf, sizeof(buf)}, &msg->fds);
         if (!got) {
@@ -78,7 +72,6 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
         }
         if (got->fds_truncated) msg->fds_truncated = true;
         if (got->bytes == 0) return ReadStatus::kClosed;
-        const bool came_with_fds = !msg->fds.empty() || msg->fds_truncated;
         bool done = false;
         auto used = Absorb(buf, got->bytes, msg, &done);
         if (!used) return used.error();
@@ -86,15 +79,10 @@ Result<ReadStatus> MessageStream::Read(InboundMessage* msg) {
           std::memcpy(carry_, buf + *used, got->bytes - *used);
           carry_off_ = 0;
           carry_len_ = got->bytes - *used;
-          if (came_with_fds) {
-            // The last byte is in the carry, so the fds belong to a later message.
-            carry_fds_ = std::move(msg->fds);
-            msg->fds.clear();
-            carry_fds_truncated_ = msg->fds_truncated;
-            msg->fds_truncated = false;
-            carry_fds_pending_ = true;
-            carry_fds_owner_ = carry_len_ - 1;
-          }
+          carry_fds_ = std::move(msg->fds);
+          msg->fds.clear();
+          carry_fds_truncated_ = msg->fds_truncated;
+          msg->fds_truncated = false;
         }
         if (done) return ReadStatus::kMessage;
         continue;
@@ -141,23 +129,13 @@ Result<ReadStatus> MessageStream::ReadExpected(InboundMessage* msg, size_t expec
   msg->Clear();
   msg->payload.resize(expected_size - sizeof(header_buf_));
   iovec iov[2] = {{header_buf_, sizeof(header_buf_)}, {msg->payload.data(), msg->payload.size()}};
-  size_t bytes = 0;
-  if (fds_allowed) {
-    auto got = connection_.Receive(iov, &msg->fds);
-    if (!got) {
-      if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
-      return got.error();
-    }
-    if (got->fds_truncated) msg->fds_truncated = true;
-    bytes = got->bytes;
-  } else {
-    auto got = connection_.ReceiveBytes(iov);
-    if (!got) {
-      if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
-      return got.error();
-    }
-    bytes = *got;
+  auto got = fds_allowed ? connection_.Receive(iov, &msg->fds) : connection_.ReceiveBytes(iov);
+  if (!got) {
+    if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
+    return got.error();
   }
+  if (got->fds_truncated) msg->fds_truncated = true;
+  const size_t bytes = got->bytes;
   if (bytes == 0) return ReadStatus::kClosed;
   if (bytes < sizeof(header_buf_)) {  // a short read: the rest, the exact way
     header_have_ = bytes;

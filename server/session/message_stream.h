@@ -98,13 +98,11 @@ class MessageStream {
   std::optional<wire::Header> last_header_;
   bool speculative_ = false;
   // Bytes (and fds) a speculative read took beyond the message it was for.
-  uint8_t carry_[kSpeculativeRead - sizeof(wire::Header)] = {};
+  uint8_t carry_[kSpeculativePayload] = {};
   size_t carry_off_ = 0;
   size_t carry_len_ = 0;
   std::vector<UniqueFd> carry_fds_;
   bool carry_fds_truncated_ = false;
-  bool carry_fds_pending_ = false;  // carry_fds_/carry_fds_truncated_ await their message
-  size_t carry_fds_owner_ = 0;      // index in carry_ of a byte of the message they belong to
   std::deque<Pending> pending_;
   size_t pending_bytes_ = 0;
 };

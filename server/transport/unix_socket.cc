@@ -92,7 +92,7 @@ Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> 
   return received;
 }
 
-Result<size_t> UnixConnection::ReceiveBytes(std::span<const iovec> iov) {
+Result<UnixConnection::Received> UnixConnection::ReceiveBytes(std::span<const iovec> iov) {
   ssize_t n;
   do {
     n = ::readv(fd_.get(), iov.data(), static_cast<int>(iov.size()));
@@ -101,7 +101,7 @@ Result<size_t> UnixConnection::ReceiveBytes(std::span<const iovec> iov) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
     return Errno("readv");
   }
-  return static_cast<size_t>(n);
+  return Received{static_cast<size_t>(n), false};
 }
 
 Result<size_t> UnixConnection::Send(std::span<const iovec> iov, std::span<const int> fds) {

@@ -47,7 +47,7 @@ class UnixConnection {
   // For a reader that knows no fds can legitimately come with these bytes: readv without a
   // control buffer (cheaper than recvmsg). Fds a peer sends anyway are closed by the kernel
   // (they are never installed in this process); the bytes are returned as usual.
-  Result<size_t> ReceiveBytes(std::span<const iovec> iov);
+  Result<Received> ReceiveBytes(std::span<const iovec> iov);
 
   // Sends the iovecs in one sendmsg (a plain send when there is one buffer and no fd); `fds`
   // ride with the first byte. Returns the bytes written (possibly fewer than asked); EAGAIN as

@@ -122,7 +122,8 @@ TEST(UnixConnection, ReceiveBytesTakesTheBytesAndNeverInstallsFdsSentWithThem) {
   iovec iov[2] = {{head, sizeof(head)}, {rest, sizeof(rest)}};
   auto got = p.b.ReceiveBytes(iov);
   ASSERT_TRUE(got.ok()) << got.error().message;
-  ASSERT_EQ(*got, 4u);
+  ASSERT_EQ(got->bytes, 4u);
+  EXPECT_FALSE(got->fds_truncated);
   EXPECT_EQ(head[0], 9);
   EXPECT_EQ(rest[0], 8);
   EXPECT_EQ(rest[2], 6);
