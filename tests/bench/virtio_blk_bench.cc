@@ -559,15 +559,16 @@ class BareVirtqueue {
       Serve();
     });
   }
-  ~BareVirtqueue() {
-    stop_.store(true);
-    server_.join();
-  }
+  ~BareVirtqueue() { Stop(); }
   const pthread_t* thread() {
     handle_ = server_.native_handle();
     return &handle_;
   }
-  // The indices to hand back to the parked device (valid after the destructor... or when idle).
+  void Stop() {
+    stop_.store(true);
+    if (server_.joinable()) server_.join();
+  }
+  // The indices to hand back to the parked device (read after Stop).
   uint16_t last_avail() const { return last_avail_; }
   uint16_t used_idx() const { return used_idx_; }
 
@@ -615,6 +616,39 @@ class BareVirtqueue {
   std::atomic<bool> stop_{false};
   std::thread server_;
   pthread_t handle_{};
+};
+
+// A driver for BareVirtqueue: set up against a real server, which is then parked so that only
+// the bare loop serves the rings; on destruction the device takes the rings back at the indices
+// the bare loop left.
+class BareVirtqueueDriver {
+ public:
+  explicit BareVirtqueueDriver(const std::string& spec)
+      : server_(spec), guest_(Guest::Connect(server_.socket())) {
+    server_.Pause();
+  }
+  ~BareVirtqueueDriver() {
+    server_.Resume([this] {
+      if (virtio::SplitVirtqueue* vq = server_.pci()->queue(0)) vq->set_indices(last_avail_, used_);
+    });
+  }
+
+  // One RunOurs of the bare loop over this driver's rings (`disk`: copy reads from this RAM
+  // disk; none: the null backend's work).
+  Stats Run(int qd, std::chrono::nanoseconds warmup, std::chrono::nanoseconds duration,
+            const std::vector<uint32_t>& blocks, const uint8_t* disk = nullptr) {
+    BareVirtqueue loop(guest_.driver->ring_view(0), disk);
+    Stats st = RunOurs(*guest_.driver, qd, warmup, duration, blocks, loop.thread());
+    loop.Stop();
+    last_avail_ = loop.last_avail();
+    used_ = loop.used_idx();
+    return st;
+  }
+
+ private:
+  Server server_;
+  Guest guest_;
+  uint16_t last_avail_ = 0, used_ = 0;
 };
 
 // --- memcpy baseline for the RAM backend ------------------------------------------------------
@@ -871,23 +905,12 @@ int main(int argc, char** argv) {
       Log::SetLevel(LogLevel::kError);
       PinTo(0);
       if (what == "ram32-bare") {
-        Server vq_server("virtio-blk,id=d,backend=null,size=256M,poll=busy");
-        Guest g = Guest::Connect(vq_server.socket());
-        vq_server.Pause();
+        BareVirtqueueDriver bare_driver("virtio-blk,id=d,backend=null,size=256M,poll=busy");
         MemfdMapping disk(256u << 20);
         for (size_t b = 0; b < disk.size; b += 4096) disk.data[b] = 1;
         auto blocks = RandomBlocks(1 << 20, (256u << 20) / kBlock);
-        uint16_t la = 0, ui = 0;
-        {
-          BareVirtqueue loop(g.driver->ring_view(0), disk.data);
-          Stats st = RunOurs(*g.driver, 32, Phase(0.1), Phase(5), blocks, loop.thread());
-          Row("ram32-bare", st);
-          la = loop.last_avail();
-          ui = loop.used_idx();
-        }
-        vq_server.Resume([&] {
-          if (virtio::SplitVirtqueue* vq = vq_server.pci()->queue(0)) vq->set_indices(la, ui);
-        });
+        Stats st = bare_driver.Run(32, Phase(0.1), Phase(5), blocks, disk.data);
+        Row("ram32-bare", st);
         return 0;
       }
       bool ram_disk = what == "ram32";
@@ -946,10 +969,7 @@ int main(int argc, char** argv) {
     auto null_blocks = RandomBlocks(1 << 16, (1u << 30) / kBlock);
     Server server("virtio-blk,id=d,backend=null,size=1G,poll=busy");
     Guest g = Guest::Connect(server.socket());
-    Server vq_server("virtio-blk,id=d,backend=null,size=1G,poll=busy");
-    Guest vq_guest = Guest::Connect(vq_server.socket());
-    vq_server.Pause();
-    uint16_t vq_last_avail = 0, vq_used = 0;
+    BareVirtqueueDriver bare_driver("virtio-blk,id=d,backend=null,size=1G,poll=busy");
     for (int q = 0; q < 2; ++q) {
       for (int r = 0; r < kRounds; ++r) {
         Stats o, b, v;
@@ -958,12 +978,7 @@ int main(int argc, char** argv) {
           o = RunOurs(*g.driver, qds[q], warm, round, null_blocks, server.thread());
           server.Pause();
           b = RunBare(qds[q], warm, round);
-          {
-            BareVirtqueue loop(vq_guest.driver->ring_view(0));
-            v = RunOurs(*vq_guest.driver, qds[q], warm, round, null_blocks, loop.thread());
-            vq_last_avail = loop.last_avail();
-            vq_used = loop.used_idx();
-          }
+          v = bare_driver.Run(qds[q], warm, round, null_blocks);
           bool clean = o.Uncontended() && b.Uncontended() && v.Uncontended();
           if (clean || attempt >= 2 || retries >= kMaxRetries) break;
           ++retries;
@@ -976,11 +991,6 @@ int main(int argc, char** argv) {
       }
     }
     server.Resume();
-    // The parked device takes over the rings where the bare loop left them.
-    vq_server.Resume([&] {
-      if (virtio::SplitVirtqueue* vq = vq_server.pci()->queue(0))
-        vq->set_indices(vq_last_avail, vq_used);
-    });
   }
   // Informational: EVENT_IDX negotiated and interrupts armed (the device writes the MSI-X
   // eventfd on each completion; the driver still polls), QD1.
@@ -1004,12 +1014,9 @@ int main(int argc, char** argv) {
     Server server("virtio-blk,id=d,backend=ram,size=256M,poll=busy");
     Guest g = Guest::Connect(server.socket());
     // The bare split-virtqueue loop with a RAM disk of its own (a memfd, like the backend's).
-    Server vq_server("virtio-blk,id=d,backend=null,size=256M,poll=busy");
-    Guest vq_guest = Guest::Connect(vq_server.socket());
-    vq_server.Pause();
+    BareVirtqueueDriver bare_driver("virtio-blk,id=d,backend=null,size=256M,poll=busy");
     MemfdMapping vq_disk(kDisk);
     for (size_t i = 0; i < kDisk; i += 4096) vq_disk.data[i] = static_cast<uint8_t>(i >> 12);
-    uint16_t vq_last_avail = 0, vq_used = 0;
     // Populate the disk (128 KiB writes) so that reads do not fault pages in.
     std::vector<client::BlkCompletion> done;
     for (uint64_t off = 0; off < kDisk; off += 128 * 1024) {
@@ -1024,12 +1031,7 @@ int main(int argc, char** argv) {
         o = RunOurs(*g.driver, 32, warm, round, blocks, server.thread());
         server.Pause();
         c = RunMemcpy(kDisk, 32, warm, round, blocks);
-        {
-          BareVirtqueue loop(vq_guest.driver->ring_view(0), vq_disk.data);
-          v = RunOurs(*vq_guest.driver, 32, warm, round, blocks, loop.thread());
-          vq_last_avail = loop.last_avail();
-          vq_used = loop.used_idx();
-        }
+        v = bare_driver.Run(32, warm, round, blocks, vq_disk.data);
         bool clean = o.Uncontended() && c.Uncontended() && v.Uncontended();
         if (clean || attempt >= 2 || retries >= kMaxRetries) break;
         ++retries;
@@ -1041,10 +1043,6 @@ int main(int argc, char** argv) {
       ram_vq.Merge(v);
     }
     server.Resume();
-    vq_server.Resume([&] {
-      if (virtio::SplitVirtqueue* vq = vq_server.pci()->queue(0))
-        vq->set_indices(vq_last_avail, vq_used);
-    });
   }
 
   // 4a: idle CPU.
