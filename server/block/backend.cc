@@ -1,13 +1,11 @@
 #include "server/block/backend.h"
 
-#include <sys/mman.h>
-
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "server/common/checked_math.h"
 #include "server/common/mapping.h"
-#include "server/common/unique_fd.h"
 
 namespace vfu::block {
 
@@ -40,7 +38,12 @@ Status CheckRange(const Request& r, uint64_t size, bool read_only) {
 
 namespace {
 
-// Completes every request during Submit; the completion waits in a queue for Reap.
+// Runs every request on the caller's thread, never blocking. Submit validates and queues a
+// request; Reap executes the queued requests in order and returns their completions. Deferring
+// the work to Reap lets a device submit a whole batch first, and lets each copy start fetching
+// the memory of a request a few places ahead, so that the cache misses of a batch overlap
+// instead of each copy waiting for its own (docs/performance.md: about +25 % IOPS for random
+// 4 KiB reads from a RAM disk at queue depth 32).
 class ImmediateBackend : public Backend {
  public:
   ImmediateBackend(uint64_t size, unsigned queue_depth) : size_(size), depth_(queue_depth) {}
@@ -48,29 +51,39 @@ class ImmediateBackend : public Backend {
   uint64_t size() const override { return size_; }
   bool read_only() const override { return false; }
   int event_fd() const override { return -1; }
-  size_t inflight() const override { return done_.size(); }
+  size_t inflight() const override { return queued_.size(); }
 
   Status Submit(const Request& r) override {
-    if (done_.size() >= depth_) return MakeError(EAGAIN, "queue full");
+    if (queued_.size() >= depth_) return MakeError(EAGAIN, "queue full");
     VFU_RETURN_IF_ERROR(CheckRange(r, size_, false));
-    done_.push_back({r.tag, Execute(r)});
+    queued_.push_back(r);
     return Status::Ok();
   }
 
   size_t Reap(std::vector<Completion>* out) override {
-    size_t n = done_.size();
-    out->insert(out->end(), done_.begin(), done_.end());
-    done_.clear();
+    const size_t n = queued_.size();
+    for (size_t i = 0; i < n; ++i) {
+      if (i + kPrefetchDistance < n) Prefetch(queued_[i + kPrefetchDistance]);
+      out->push_back({queued_[i].tag, Execute(queued_[i])});
+    }
+    queued_.clear();
     return n;
   }
 
  protected:
+  // Measured on a 2-vCPU VM with random 4 KiB reads at QD32: 2-4 requests ahead and 1-2 KiB
+  // of each source are best; prefetching whole blocks fills the CPU's miss buffers and loses.
+  static constexpr size_t kPrefetchDistance = 3;
+  static constexpr uint64_t kPrefetchBytes = 2048;
+
+  // Starts fetching the memory the request will read from; changes nothing.
+  virtual void Prefetch(const Request&) {}
   virtual int Execute(const Request& r) = 0;
 
  private:
   uint64_t size_;
   unsigned depth_;
-  std::vector<Completion> done_;
+  std::vector<Request> queued_;
 };
 
 class NullBackend : public ImmediateBackend {
@@ -89,6 +102,15 @@ class RamBackend : public ImmediateBackend {
   std::string description() const override { return "ram"; }
 
  protected:
+  void Prefetch(const Request& r) override {
+    // The start of a read's source block; the hardware prefetcher follows the rest once the
+    // copy streams. (Writes copy from guest buffers; not measured, so not prefetched.)
+    if (r.op != Op::kRead) return;
+    const uint8_t* from = memory_.data() + r.offset;
+    const uint64_t bytes = std::min(r.length, kPrefetchBytes);
+    for (uint64_t at = 0; at < bytes; at += 64) __builtin_prefetch(from + at);
+  }
+
   int Execute(const Request& r) override {
     uint8_t* base = memory_.data() + r.offset;
     switch (r.op) {
@@ -126,11 +148,10 @@ std::unique_ptr<Backend> CreateNullBackend(uint64_t size, unsigned queue_depth) 
 
 Result<std::unique_ptr<Backend>> CreateRamBackend(uint64_t size, unsigned queue_depth) {
   if (size == 0) return MakeError(EINVAL, "ram backend of size 0");
-  int fd = ::memfd_create("vfu-ram-backend", MFD_CLOEXEC);
-  if (fd < 0) return MakeError(errno, "memfd_create for the ram backend failed");
-  UniqueFd owner(fd);
-  if (::ftruncate(fd, static_cast<off_t>(size)) != 0) return MakeError(errno, "ftruncate failed");
-  auto m = MemoryMapping::Map(fd, 0, size, PROT_READ | PROT_WRITE);
+  // Anonymous memory in transparent huge pages: random 4 KiB reads over a disk of hundreds of
+  // MiB would otherwise take a TLB miss and a page walk per request (measured in
+  // docs/performance.md: +20 % IOPS at 256 MiB).
+  auto m = MemoryMapping::MapAnonymous(size, /*prefer_huge_pages=*/true);
   if (!m) return m.error();
   return std::unique_ptr<Backend>(new RamBackend(size, queue_depth, std::move(*m)));
 }

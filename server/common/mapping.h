@@ -30,6 +30,11 @@ class MemoryMapping {
 
   // Maps `size` bytes of `fd` at `offset` shared, with the given PROT_* bits.
   static Result<MemoryMapping> Map(int fd, uint64_t offset, size_t size, int prot);
+  // Maps `size` bytes of private anonymous memory (zero-filled, read-write, allocated on first
+  // touch). With `prefer_huge_pages` the range is advised for transparent huge pages
+  // (MADV_HUGEPAGE; a no-op where THP is disabled), so that random access over a large range
+  // does not miss the TLB on every page.
+  static Result<MemoryMapping> MapAnonymous(size_t size, bool prefer_huge_pages);
 
   uint8_t* data() const { return static_cast<uint8_t*>(addr_); }
   size_t size() const { return size_; }

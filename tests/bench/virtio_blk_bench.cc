@@ -68,6 +68,7 @@
 #include "server/client/client.h"
 #include "server/client/virtio_blk_driver.h"
 #include "server/common/log.h"
+#include "server/common/mapping.h"
 #include "server/devices/device_factory.h"
 #include "server/runtime/reactor.h"
 #include "server/session/endpoint.h"
@@ -667,12 +668,34 @@ struct MemfdMapping {
   ~MemfdMapping() { ::munmap(data, size); }
 };
 
+// Writes the whole disk (128 KiB writes) so that reads do not fault pages in (or, in a RAM
+// backend, read the shared zero page).
+void PopulateDisk(client::VirtioBlkDriver& driver, uint64_t disk_bytes) {
+  for (uint64_t off = 0; off < disk_bytes; off += 128 * 1024) {
+    std::memset(driver.slot_buffer(0, 0), static_cast<int>(off >> 17), 128 * 1024);
+    if (!driver.Write(0, 0, off / 512, 128 * 1024, 0).ok()) Die("write");
+    if (!driver.WaitFor(0, 1, std::chrono::seconds(5)).ok()) Die("write timeout");
+  }
+}
+
+// A RAM disk for the baselines: the same kind of memory as the `ram` backend's (anonymous, advised
+// for transparent huge pages), with one byte written per 4 KiB so that every page is populated.
+struct RamDisk {
+  MemoryMapping memory;
+  explicit RamDisk(size_t bytes) {
+    auto m = MemoryMapping::MapAnonymous(bytes, /*prefer_huge_pages=*/true);
+    if (!m) Die("anonymous mapping for a RAM disk");
+    memory = std::move(*m);
+    for (size_t i = 0; i < bytes; i += 4096) memory.data()[i] = static_cast<uint8_t>(i >> 12);
+  }
+  const uint8_t* data() const { return memory.data(); }
+};
+
 // One thread copies the same 4 KiB blocks (same sequence) from a memfd "disk" of the same size
 // into 32 slot buffers laid out like the driver's (stride 132 KiB, 64-byte meta before each).
 Stats RunMemcpy(uint64_t disk_bytes, int qd, std::chrono::nanoseconds warmup,
                 std::chrono::nanoseconds duration, const std::vector<uint32_t>& blocks) {
-  MemfdMapping disk(disk_bytes);
-  for (size_t i = 0; i < disk_bytes; i += 4096) disk.data[i] = static_cast<uint8_t>(i >> 12);
+  RamDisk disk(disk_bytes);
   constexpr size_t kStride = 135168;  // RoundUp(64 + 128 KiB, 4096), as in the driver
   MemfdMapping slots(kStride * static_cast<size_t>(qd));
   std::memset(slots.data, 0, slots.size);
@@ -689,7 +712,7 @@ Stats RunMemcpy(uint64_t disk_bytes, int qd, std::chrono::nanoseconds warmup,
     for (int i = 0; i < 64; ++i) {
       uint32_t b = blocks[next % blocks.size()];
       uint8_t* dst = slots.data + (next % static_cast<size_t>(qd)) * kStride + 64;
-      std::memcpy(dst, disk.data + uint64_t{b} * kBlock, kBlock);
+      std::memcpy(dst, disk.data() + uint64_t{b} * kBlock, kBlock);
       benchmark::ClobberMemory();
       ++next;
       if (measuring) ++st.ops;
@@ -906,10 +929,9 @@ int main(int argc, char** argv) {
       PinTo(0);
       if (what == "ram32-bare") {
         BareVirtqueueDriver bare_driver("virtio-blk,id=d,backend=null,size=256M,poll=busy");
-        MemfdMapping disk(256u << 20);
-        for (size_t b = 0; b < disk.size; b += 4096) disk.data[b] = 1;
+        RamDisk disk(256u << 20);
         auto blocks = RandomBlocks(1 << 20, (256u << 20) / kBlock);
-        Stats st = bare_driver.Run(32, Phase(0.1), Phase(5), blocks, disk.data);
+        Stats st = bare_driver.Run(32, Phase(0.1), Phase(5), blocks, disk.data());
         Row("ram32-bare", st);
         return 0;
       }
@@ -917,6 +939,7 @@ int main(int argc, char** argv) {
       Server server(ram_disk ? "virtio-blk,id=d,backend=ram,size=256M,poll=busy"
                              : "virtio-blk,id=d,backend=null,size=1G,poll=busy");
       Guest g = Guest::Connect(server.socket());
+      if (ram_disk) PopulateDisk(*g.driver, 256u << 20);
       auto blocks = RandomBlocks(1 << 20, (256u << 20) / kBlock);
       auto before = server.counters();
       Stats st = RunOurs(*g.driver, what == "null1" ? 1 : 32, Phase(0.1), Phase(5), blocks,
@@ -1013,17 +1036,10 @@ int main(int argc, char** argv) {
     auto blocks = RandomBlocks(1 << 20, static_cast<uint32_t>(kDisk / kBlock));
     Server server("virtio-blk,id=d,backend=ram,size=256M,poll=busy");
     Guest g = Guest::Connect(server.socket());
-    // The bare split-virtqueue loop with a RAM disk of its own (a memfd, like the backend's).
+    // The bare split-virtqueue loop with a RAM disk of its own (the backend's kind of memory).
     BareVirtqueueDriver bare_driver("virtio-blk,id=d,backend=null,size=256M,poll=busy");
-    MemfdMapping vq_disk(kDisk);
-    for (size_t i = 0; i < kDisk; i += 4096) vq_disk.data[i] = static_cast<uint8_t>(i >> 12);
-    // Populate the disk (128 KiB writes) so that reads do not fault pages in.
-    std::vector<client::BlkCompletion> done;
-    for (uint64_t off = 0; off < kDisk; off += 128 * 1024) {
-      std::memset(g.driver->slot_buffer(0, 0), static_cast<int>(off >> 17), 128 * 1024);
-      if (!g.driver->Write(0, 0, off / 512, 128 * 1024, 0).ok()) Die("write");
-      if (!g.driver->WaitFor(0, 1, std::chrono::seconds(5)).ok()) Die("write timeout");
-    }
+    RamDisk vq_disk(kDisk);
+    PopulateDisk(*g.driver, kDisk);
     for (int r = 0; r < kRounds; ++r) {
       Stats o, c, v;
       for (int attempt = 0;; ++attempt) {
@@ -1031,7 +1047,7 @@ int main(int argc, char** argv) {
         o = RunOurs(*g.driver, 32, warm, round, blocks, server.thread());
         server.Pause();
         c = RunMemcpy(kDisk, 32, warm, round, blocks);
-        v = bare_driver.Run(32, warm, round, blocks, vq_disk.data);
+        v = bare_driver.Run(32, warm, round, blocks, vq_disk.data());
         bool clean = o.Uncontended() && c.Uncontended() && v.Uncontended();
         if (clean || attempt >= 2 || retries >= kMaxRetries) break;
         ++retries;
