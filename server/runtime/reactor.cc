@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "server/common/log.h"
+#include "server/common/syscalls.h"
 
 namespace vfu {
 namespace {
@@ -150,7 +151,7 @@ bool Reactor::PollersAgreeToSleep() {
 
 int Reactor::WaitForEvents(int timeout_ms) {
   uint64_t wait_start = timeout_ms != 0 ? NowNs() : 0;
-  int n = ::epoll_wait(epoll_fd_.get(), events_, kMaxEvents, timeout_ms);
+  int n = sys::EpollWait(epoll_fd_.get(), events_, kMaxEvents, timeout_ms);
   if (timeout_ms != 0) stats_.asleep_ns += NowNs() - wait_start;
   return n < 0 ? 0 : n;
 }

@@ -8,6 +8,8 @@
 
 #include <cstring>
 
+#include "server/common/syscalls.h"
+
 namespace vfu {
 namespace {
 
@@ -66,7 +68,7 @@ Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> 
   msg.msg_controllen = sizeof(control);
   ssize_t n;
   do {
-    n = ::recvmsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC);
+    n = sys::RecvMsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
@@ -95,7 +97,7 @@ Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> 
 Result<UnixConnection::Received> UnixConnection::ReceiveBytes(std::span<const iovec> iov) {
   ssize_t n;
   do {
-    n = ::readv(fd_.get(), iov.data(), static_cast<int>(iov.size()));
+    n = sys::Readv(fd_.get(), iov.data(), static_cast<int>(iov.size()));
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
@@ -110,7 +112,7 @@ Result<size_t> UnixConnection::Send(std::span<const iovec> iov, std::span<const 
     // iovec copies of sendmsg(2).
     ssize_t n;
     do {
-      n = ::send(fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+      n = sys::Send(fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "socket buffer full");
@@ -134,7 +136,7 @@ Result<size_t> UnixConnection::Send(std::span<const iovec> iov, std::span<const 
   }
   ssize_t n;
   do {
-    n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    n = sys::SendMsg(fd_.get(), &msg, MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "socket buffer full");
