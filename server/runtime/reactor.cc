@@ -72,6 +72,9 @@ void Reactor::Remove(int fd) {
   if (it == watches_.end()) return;
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
   by_token_.erase(it->second->token);
+  // Kept until the current batch of events is handled: the handler being removed may be the
+  // one running (HandleEvents calls handlers in place, without copying them).
+  retired_.push_back(std::move(it->second));
   watches_.erase(it);
 }
 
@@ -95,6 +98,7 @@ void Reactor::Post(Task task) {
   {
     std::lock_guard<std::mutex> lock(post_mutex_);
     posted_.push_back(std::move(task));
+    has_posted_.store(true, std::memory_order_release);
   }
   uint64_t one = 1;
   (void)::write(wake_fd_.get(), &one, sizeof(one));
@@ -107,6 +111,9 @@ void Reactor::Stop() {
 }
 
 void Reactor::RunPostedTasks() {
+  // Every round ends here: skip the mutex when nothing was posted. A task posted after this
+  // check also wrote wake_fd_, so the next round runs it.
+  if (!has_posted_.exchange(false, std::memory_order_acquire)) return;
   std::vector<Task> tasks;
   {
     std::lock_guard<std::mutex> lock(post_mutex_);
@@ -167,10 +174,10 @@ void Reactor::HandleEvents(int n) {
     // A handler may have removed this watch (or another) earlier in this batch.
     auto it = by_token_.find(token);
     if (it == by_token_.end()) continue;
-    FdHandler handler = it->second->handler;  // copy: the handler may remove its own watch
-    handler(events_[i].events);
+    it->second->handler(events_[i].events);  // Remove() keeps the watch alive until below
   }
   RunPostedTasks();
+  retired_.clear();
 }
 
 int Reactor::DispatchEvents(int timeout_ms) {

@@ -131,10 +131,12 @@ class Reactor {
   UniqueFd wake_fd_;
   std::unordered_map<int, std::unique_ptr<Watch>> watches_;
   std::unordered_map<uint64_t, Watch*> by_token_;
+  std::vector<std::unique_ptr<Watch>> retired_;  // removed watches, freed after HandleEvents
   uint64_t next_token_ = 1;
   std::vector<PollerEntry> pollers_;
   std::mutex post_mutex_;
   std::vector<Task> posted_;
+  std::atomic<bool> has_posted_{false};  // set with posted_; lets RunPostedTasks skip the mutex
   std::atomic<bool> stop_{false};
   std::chrono::steady_clock::time_point idle_since_{};
   std::chrono::steady_clock::time_point last_fd_check_{};

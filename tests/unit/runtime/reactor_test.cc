@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <future>
 #include <string>
 #include <thread>
@@ -122,6 +124,84 @@ TEST(Reactor, RunSleepsUntilWokenByAPostedTaskAndStopsWhenAsked) {
   reactor.Stop();
   loop.join();
   EXPECT_TRUE(reactor.stopping());
+}
+
+// Handlers run in place (not copied): one that removes its own watch must still be able to use
+// what it captured until it returns (under ASAN a freed handler would be a use after free).
+TEST(Reactor, AHandlerThatRemovesItsOwnWatchKeepsItsStateUntilItReturns) {
+  Reactor reactor;
+  UniqueFd efd = MakeEventfd();
+  auto seen = std::make_shared<std::vector<std::string>>();
+  const int fd = efd.get();
+  ASSERT_TRUE(reactor
+                  .Add(fd, EPOLLIN,
+                       [&reactor, fd, seen, label = std::string(64, 'x')](uint32_t) {
+                         reactor.Remove(fd);
+                         seen->push_back(label);  // the captures are still alive
+                       })
+                  .ok());
+  Signal(fd);
+  EXPECT_TRUE(reactor.RunOnce(milliseconds(1000)));
+  ASSERT_EQ(seen->size(), 1u);
+  EXPECT_EQ(seen->front(), std::string(64, 'x'));
+  // The watch is gone: the fd can be watched again, and its old handler never runs again.
+  ASSERT_TRUE(reactor.Add(fd, EPOLLIN, [](uint32_t) {}).ok());
+  reactor.RunOnce(milliseconds(0));
+  EXPECT_EQ(seen->size(), 1u);
+}
+
+TEST(Reactor, AHandlerMayRemoveTheWatchOfAnotherReadyFdInTheSameBatch) {
+  Reactor reactor;
+  UniqueFd a = MakeEventfd(), b = MakeEventfd();
+  int calls = 0;
+  const int fa = a.get(), fb = b.get();
+  auto remove_other = [&](int other) {
+    return [&reactor, &calls, other](uint32_t) {
+      ++calls;
+      reactor.Remove(other);
+    };
+  };
+  ASSERT_TRUE(reactor.Add(fa, EPOLLIN, remove_other(fb)).ok());
+  ASSERT_TRUE(reactor.Add(fb, EPOLLIN, remove_other(fa)).ok());
+  Signal(fa);
+  Signal(fb);
+  reactor.RunOnce(milliseconds(1000));
+  EXPECT_EQ(calls, 1);  // whichever ran first removed the other before its turn
+}
+
+// Posted tasks are found without the mutex when nothing is posted; a task posted while tasks
+// run (here: by a task) must not be lost by that shortcut.
+TEST(Reactor, ATaskPostedByARunningTaskRunsInALaterRound) {
+  Reactor reactor;
+  std::vector<int> order;
+  reactor.Post([&] {
+    order.push_back(1);
+    reactor.Post([&] { order.push_back(2); });
+  });
+  reactor.RunOnce(milliseconds(1000));
+  EXPECT_EQ(order, std::vector<int>{1});
+  reactor.RunOnce(milliseconds(1000));  // woken by the second Post's eventfd write
+  EXPECT_EQ(order, (std::vector<int>{1, 2}));
+}
+
+TEST(Reactor, EveryTaskPostedFromManyThreadsRunsExactlyOnce) {
+  Reactor reactor;
+  std::atomic<int> ran{0};
+  constexpr int kThreads = 4, kTasks = 500;
+  std::thread loop([&] { reactor.Run(); });
+  std::vector<std::thread> posters;
+  for (int t = 0; t < kThreads; ++t) {
+    posters.emplace_back([&] {
+      for (int i = 0; i < kTasks; ++i) reactor.Post([&] { ran.fetch_add(1); });
+    });
+  }
+  for (auto& p : posters) p.join();
+  std::promise<void> done;
+  reactor.Post([&] { done.set_value(); });
+  EXPECT_EQ(done.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  reactor.Stop();
+  loop.join();
+  EXPECT_EQ(ran.load(), kThreads * kTasks);
 }
 
 }  // namespace
