@@ -1,6 +1,7 @@
 #include "server/runtime/reactor.h"
 
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,12 @@ uint64_t NowNs() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                    std::chrono::steady_clock::now().time_since_epoch())
                                    .count());
+}
+
+uint64_t ThreadCpuNs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 constexpr uint64_t kWakeToken = 0;
@@ -157,10 +164,28 @@ bool Reactor::PollersAgreeToSleep() {
 }
 
 int Reactor::WaitForEvents(int timeout_ms) {
-  uint64_t wait_start = timeout_ms != 0 ? NowNs() : 0;
   int n = sys::EpollWait(epoll_fd_.get(), events_, kMaxEvents, timeout_ms);
-  if (timeout_ms != 0) stats_.asleep_ns += NowNs() - wait_start;
   return n < 0 ? 0 : n;
+}
+
+void Reactor::StartTimeAccounting() {
+  accounting_started_ = true;
+  started_wall_ns_ = NowNs();
+  started_cpu_ns_ = ThreadCpuNs();
+}
+
+uint64_t Reactor::OffCpuNs() const {
+  if (!accounting_started_) return 0;
+  const uint64_t wall = NowNs() - started_wall_ns_;
+  const uint64_t cpu = ThreadCpuNs() - started_cpu_ns_;
+  return wall > cpu ? wall - cpu : 0;
+}
+
+ReactorStats Reactor::stats() const {
+  ReactorStats s = stats_;
+  if (!accounting_frozen_) s.asleep_ns = OffCpuNs();
+  s.sleeps = sleeps_;
+  return s;
 }
 
 void Reactor::HandleEvents(int n) {
@@ -187,6 +212,7 @@ int Reactor::DispatchEvents(int timeout_ms) {
 }
 
 bool Reactor::RunOnce(std::chrono::milliseconds timeout) {
+  if (!accounting_started_) StartTimeAccounting();
   if (pollers_.empty()) return DispatchEvents(static_cast<int>(timeout.count())) > 0;
   bool busy = RunPollers();
   auto now = std::chrono::steady_clock::now();
@@ -225,10 +251,15 @@ bool Reactor::RunOnce(std::chrono::milliseconds timeout) {
 }
 
 void Reactor::Run() {
+  StartTimeAccounting();  // on this thread: its CPU clock is the one subtracted
+  accounting_frozen_ = false;
   while (!stop_.load(std::memory_order_relaxed)) {
     RunOnce(kWaitForever);
   }
   RunPostedTasks();
+  // This thread's CPU clock goes away with it: keep the final figure.
+  stats_.asleep_ns = OffCpuNs();
+  accounting_frozen_ = true;
 }
 
 }  // namespace vfu

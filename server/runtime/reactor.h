@@ -50,7 +50,8 @@ struct PollerStats {
   uint64_t idle_polls = 0;
 };
 
-// Thread-level time accounting: polling that found work, polling that found none, and sleep.
+// Thread-level time accounting: polling that found work, polling that found none, and time
+// off the CPU (asleep in epoll_wait, or waiting to be scheduled).
 struct ReactorStats {
   uint64_t busy_ns = 0;
   uint64_t idle_poll_ns = 0;
@@ -96,12 +97,8 @@ class Reactor {
 
   void set_options(Options options) { options_ = options; }
   uint64_t sleeps() const { return sleeps_; }
-  // Read on the reactor thread (e.g. from a posted task).
-  ReactorStats stats() const {
-    ReactorStats s = stats_;
-    s.sleeps = sleeps_;
-    return s;
-  }
+  // Read on the reactor thread (e.g. from a posted task), or after Run has returned.
+  ReactorStats stats() const;
 
  private:
   struct Watch {
@@ -114,6 +111,12 @@ class Reactor {
     std::string name;
     PollerStats stats;
   };
+
+  // Time off the CPU is not measured around each epoll_wait (two clock reads per sleep are
+  // ~0.01x of a REGION_READ round trip): it is wall time minus the thread's CPU time since the
+  // loop started, computed when stats are read.
+  void StartTimeAccounting();
+  uint64_t OffCpuNs() const;
 
   bool RunPollers();
   bool PollersAgreeToSleep();
@@ -143,6 +146,10 @@ class Reactor {
   bool idle_ = false;
   uint64_t sleeps_ = 0;
   ReactorStats stats_;
+  bool accounting_started_ = false;
+  bool accounting_frozen_ = false;  // Run has returned: stats_.asleep_ns is final
+  uint64_t started_wall_ns_ = 0;
+  uint64_t started_cpu_ns_ = 0;
 };
 
 }  // namespace vfu

@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <future>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -202,6 +202,32 @@ TEST(Reactor, EveryTaskPostedFromManyThreadsRunsExactlyOnce) {
   reactor.Stop();
   loop.join();
   EXPECT_EQ(ran.load(), kThreads * kTasks);
+}
+
+// Time off the CPU is wall time minus the loop thread's CPU time, computed when stats are read;
+// only lower bounds are checked (a loaded machine adds time off the CPU, never removes it).
+TEST(Reactor, ASleepInRunOnceCountsAsTimeOffTheCpu) {
+  Reactor reactor;
+  reactor.RunOnce(milliseconds(60));  // nothing to do: sleeps the whole timeout
+  ReactorStats s = reactor.stats();
+  EXPECT_GE(s.asleep_ns, 50'000'000u);
+  EXPECT_EQ(s.busy_ns, 0u);
+}
+
+TEST(Reactor, TimeOffTheCpuOfRunIsReadByATaskAndKeptAfterRunReturns) {
+  Reactor reactor;
+  std::thread loop([&] { reactor.Run(); });
+  std::this_thread::sleep_for(milliseconds(60));
+  std::promise<ReactorStats> while_running;
+  reactor.Post([&] { while_running.set_value(reactor.stats()); });
+  auto f = while_running.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  const uint64_t asleep = f.get().asleep_ns;
+  EXPECT_GE(asleep, 50'000'000u);
+  reactor.Stop();
+  loop.join();
+  // Read from this thread after Run returned: the final figure, not this thread's clock.
+  EXPECT_GE(reactor.stats().asleep_ns, asleep);
 }
 
 }  // namespace
