@@ -149,9 +149,10 @@ class ServerStatsCollector : public prometheus::Collectable {
     MetricFamily thread_busy = NewFamily(
         "vfio_user_poll_thread_busy_seconds_total",
         "Time a server poll thread spent in passes that found work.", MetricType::Counter);
-    MetricFamily thread_idle =
-        NewFamily("vfio_user_poll_thread_idle_seconds_total",
-                  "Time a server poll thread polled without work or slept.", MetricType::Counter);
+    MetricFamily thread_idle = NewFamily(
+        "vfio_user_poll_thread_idle_seconds_total",
+        "Time a server poll thread polled without work or was off the CPU (asleep or preempted).",
+        MetricType::Counter);
 
     for (const ctl::DeviceStats& d : stats->devices()) {
       std::vector<ClientMetric::Label> dev{{"device", d.id()}, {"class", d.device_class()}};
