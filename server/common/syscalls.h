@@ -28,6 +28,10 @@ inline ssize_t Send(int fd, const void* buf, size_t len, int flags) {
   return ::syscall(SYS_sendto, fd, buf, len, flags, nullptr, 0);
 }
 
+inline ssize_t Recv(int fd, void* buf, size_t len, int flags) {
+  return ::syscall(SYS_recvfrom, fd, buf, len, flags, nullptr, nullptr);
+}
+
 inline ssize_t Readv(int fd, const iovec* iov, int iovcnt) {
   return ::syscall(SYS_readv, fd, iov, iovcnt);
 }

@@ -91,7 +91,10 @@ class MessageStream {
 
   UnixConnection connection_;
   uint32_t max_message_size_ = proto::kMaxMessageSize;
+  // ReadExpected reads replies up to this size (header included) into one stack buffer.
+  static constexpr size_t kSmallReplyBytes = 256;
   uint8_t header_buf_[sizeof(wire::Header)] = {};
+
   size_t header_have_ = 0;
   size_t payload_have_ = 0;
   bool in_payload_ = false;

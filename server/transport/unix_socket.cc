@@ -94,6 +94,18 @@ Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> 
   return received;
 }
 
+Result<UnixConnection::Received> UnixConnection::ReceiveBytes(std::span<uint8_t> buf) {
+  ssize_t n;
+  do {
+    n = sys::Recv(fd_.get(), buf.data(), buf.size(), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
+    return Errno("recv");
+  }
+  return Received{static_cast<size_t>(n), false};
+}
+
 Result<UnixConnection::Received> UnixConnection::ReceiveBytes(std::span<const iovec> iov) {
   ssize_t n;
   do {

@@ -48,6 +48,8 @@ class UnixConnection {
   // control buffer (cheaper than recvmsg). Fds a peer sends anyway are closed by the kernel
   // (they are never installed in this process); the bytes are returned as usual.
   Result<Received> ReceiveBytes(std::span<const iovec> iov);
+  // The same into one buffer, with recv(2) (no iovec array for the kernel to import).
+  Result<Received> ReceiveBytes(std::span<uint8_t> buf);
 
   // Sends the iovecs in one sendmsg (a plain send when there is one buffer and no fd); `fds`
   // ride with the first byte. Returns the bytes written (possibly fewer than asked); EAGAIN as

@@ -171,6 +171,37 @@ TEST_F(ClientFramingTest, ReplySplitInsidePayloadIsReassembled) {
   EXPECT_EQ(*v, 1u);
 }
 
+// Replies up to 256 bytes are read into one stack buffer and split; longer ones straight into
+// the header and payload buffers. Both must reassemble a reply that arrives in pieces.
+TEST_F(ClientFramingTest, LargeReplySplitInsidePayloadIsReassembled) {
+  std::vector<uint8_t> data(1024);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7);
+  auto reply = ReadReply(next_id_, 0, data);
+  ASSERT_GT(reply.size(), 256u);
+  Queue(std::span<const uint8_t>(reply).first(300));
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    (void)::write(peer_.fd(), reply.data() + 300, reply.size() - 300);
+  });
+  std::vector<uint8_t> out(data.size());
+  Status s = client_->RegionRead(0, 0, out);
+  later.join();
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(out, data);
+}
+
+TEST_F(ClientFramingTest, ReplyOfExactlyTheSmallBufferSizeIsReadWhole) {
+  // 16-byte header + 16-byte access + 224 data bytes = 256: the largest one-buffer read.
+  std::vector<uint8_t> data(224, 0x5a);
+  auto reply = ReadReply(next_id_, 0, data);
+  ASSERT_EQ(reply.size(), 256u);
+  Queue(reply);
+  std::vector<uint8_t> out(data.size());
+  Status s = client_->RegionRead(0, 0, out);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(out, data);
+}
+
 TEST_F(ClientFramingTest, TimeoutInsideAReplyThenTheRestArrives) {
   // The reply stalls after 20 of its 36 bytes: the call times out. When the rest arrives, the
   // next Receive finishes that same reply (the partial bytes are kept, not lost or overrun).

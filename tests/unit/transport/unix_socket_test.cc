@@ -133,6 +133,31 @@ TEST(UnixConnection, ReceiveBytesTakesTheBytesAndNeverInstallsFdsSentWithThem) {
   EXPECT_EQ(none.error().code, EAGAIN);
 }
 
+TEST(UnixConnection, ReceiveBytesIntoOneBufferNeverInstallsFdsEither) {
+  Pair p;
+  const size_t fds_before = OpenFdCount();
+  {
+    UniqueFd unexpected = Eventfd();
+    const uint8_t data[3] = {4, 5, 6};
+    int raw = unexpected.get();
+    RawSend(p.a.fd(), data, {&raw, 1});
+  }
+  uint8_t buf[8] = {};
+  auto got = p.b.ReceiveBytes(std::span<uint8_t>(buf, sizeof(buf)));
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  ASSERT_EQ(got->bytes, 3u);
+  EXPECT_EQ(buf[0], 4);
+  EXPECT_EQ(buf[2], 6);
+  EXPECT_EQ(OpenFdCount(), fds_before);
+  auto none = p.b.ReceiveBytes(std::span<uint8_t>(buf, sizeof(buf)));
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, EAGAIN);
+  p.a.Close();
+  auto eof = p.b.ReceiveBytes(std::span<uint8_t>(buf, sizeof(buf)));
+  ASSERT_TRUE(eof.ok());
+  EXPECT_EQ(eof->bytes, 0u);
+}
+
 TEST(UnixConnection, SendRefusesMoreFdsThanAReceiverAccepts) {
   Pair p;
   std::vector<UniqueFd> efds;
