@@ -3,7 +3,7 @@
 // call switches asynchronous cancellation on and off around the system call. Nothing in this
 // project uses pthread cancellation, so the poll threads and the client library call the kernel
 // directly; same arguments, same -1/errno results as the libc functions. Measured on the
-// REGION_READ round trip: 1.19x -> 1.16x of a raw ping-pong (docs/performance.md).
+// REGION_READ round trip: 1.19x -> 1.16-1.18x of a raw ping-pong (docs/performance.md).
 #pragma once
 
 #include <sys/epoll.h>
