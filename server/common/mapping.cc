@@ -20,7 +20,8 @@ Result<MemoryMapping> MemoryMapping::Map(int fd, uint64_t offset, size_t size, i
 
 Result<MemoryMapping> MemoryMapping::MapAnonymous(size_t size, bool prefer_huge_pages) {
   if (size == 0) return MakeError(EINVAL, "cannot map zero bytes");
-  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (addr == MAP_FAILED) {
     int err = errno;
     return MakeError(err, std::string("mmap failed: ") + std::strerror(err));

@@ -31,9 +31,10 @@ class MemoryMapping {
   // Maps `size` bytes of `fd` at `offset` shared, with the given PROT_* bits.
   static Result<MemoryMapping> Map(int fd, uint64_t offset, size_t size, int prot);
   // Maps `size` bytes of private anonymous memory (zero-filled, read-write, allocated on first
-  // touch). With `prefer_huge_pages` the range is advised for transparent huge pages
-  // (MADV_HUGEPAGE; a no-op where THP is disabled), so that random access over a large range
-  // does not miss the TLB on every page.
+  // touch, no swap reservation: like a sparse file, a size beyond the machine's memory is
+  // accepted under the default overcommit policy). With `prefer_huge_pages` the range is advised
+  // for transparent huge pages (MADV_HUGEPAGE; a no-op where THP is disabled), so that random
+  // access over a large range does not miss the TLB on every page.
   static Result<MemoryMapping> MapAnonymous(size_t size, bool prefer_huge_pages);
 
   uint8_t* data() const { return static_cast<uint8_t*>(addr_); }

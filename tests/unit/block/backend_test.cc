@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -211,6 +212,25 @@ TEST(RamBackendTest, ABatchReapedAtOnceRunsInSubmissionOrder) {
         << "read " << i << " must see the write just before it";
   }
   EXPECT_EQ(ram.inflight(), 0u);
+}
+
+// A ram disk is allocated as it is written, like a sparse file: its size may exceed the machine's
+// memory (the old memfd backend allowed that; an anonymous mapping needs MAP_NORESERVE for it).
+TEST(RamBackendTest, ADiskLargerThanMemoryIsCreatedAndReadsZerosAtItsEnd) {
+  std::ifstream policy("/proc/sys/vm/overcommit_memory");
+  int mode = 0;
+  policy >> mode;
+  if (mode == 2) GTEST_SKIP() << "strict overcommit accounting (vm.overcommit_memory=2)";
+  constexpr uint64_t kHuge = uint64_t{1} << 40;  // 1 TiB
+  auto made = CreateRamBackend(kHuge);
+  ASSERT_TRUE(made.ok()) << made.error().message;
+  std::vector<uint8_t> block(4096, 0xee);
+  iovec iov{block.data(), block.size()};
+  ASSERT_TRUE((*made)->Submit(Request{Op::kRead, kHuge - 4096, 4096, &iov, 1, 1}).ok());
+  std::vector<Completion> done;
+  ASSERT_EQ((*made)->Reap(&done), 1u);
+  EXPECT_EQ(done[0].result, 0);
+  EXPECT_EQ(block, std::vector<uint8_t>(4096, 0));
 }
 
 class FileBackendTest : public ::testing::Test {
