@@ -220,26 +220,33 @@ Result<wire::IrqInfo> Client::GetIrqInfo(uint32_t index) {
   return proto::Load<wire::IrqInfo>(reply->payload);
 }
 
+Result<const InboundMessage*> Client::CallRegionAccess(uint16_t command,
+                                                       std::span<const uint8_t> payload,
+                                                       size_t reply_data) {
+  auto id = Send(command, payload);
+  if (!id) return id.error();
+  const size_t reply_payload = sizeof(wire::RegionAccess) + reply_data;
+  auto reply = ReceiveInPlace(sizeof(wire::Header) + reply_payload, /*fds_allowed=*/false);
+  if (!reply) return reply.error();
+  const InboundMessage& m = **reply;
+  VFU_RETURN_IF_ERROR(CheckReplyMatches(m.header, *id, command));
+  VFU_RETURN_IF_ERROR(CheckReplyHeader(m.header, command));
+  if (m.payload.size() != reply_payload) {
+    return MakeError(EPROTO, std::string(wire::CommandName(command)) + " reply has " +
+                                 Num(m.payload.size()) + " bytes");
+  }
+  return &m;
+}
+
 Status Client::RegionRead(uint32_t region, uint64_t offset, std::span<uint8_t> out) {
   auto cmd = static_cast<uint16_t>(wire::Command::kRegionRead);
   size_t done = 0;
   while (done < out.size()) {
     uint32_t chunk = static_cast<uint32_t>(std::min<size_t>(out.size() - done, max_xfer_));
     wire::RegionAccess req{offset + done, region, chunk};
-    // The hot path of trapped MMIO: the reply (which never carries fds) is read in place, with
-    // no allocation and no control buffer.
-    auto id = Send(cmd, AsBytes(req));
-    if (!id) return id.error();
-    auto reply = ReceiveInPlace(sizeof(wire::Header) + sizeof(wire::RegionAccess) + chunk,
-                                /*fds_allowed=*/false);
+    auto reply = CallRegionAccess(cmd, AsBytes(req), chunk);
     if (!reply) return reply.error();
-    const InboundMessage& m = **reply;
-    VFU_RETURN_IF_ERROR(CheckReplyMatches(m.header, *id, cmd));
-    VFU_RETURN_IF_ERROR(CheckReplyHeader(m.header, cmd));
-    if (m.payload.size() != sizeof(wire::RegionAccess) + chunk) {
-      return MakeError(EPROTO, "REGION_READ reply has " + Num(m.payload.size()) + " bytes");
-    }
-    std::memcpy(out.data() + done, m.payload.data() + sizeof(wire::RegionAccess), chunk);
+    std::memcpy(out.data() + done, (*reply)->payload.data() + sizeof(wire::RegionAccess), chunk);
     done += chunk;
   }
   return Status::Ok();
@@ -255,9 +262,8 @@ Status Client::RegionWrite(uint32_t region, uint64_t offset, std::span<const uin
     proto::Append(payload, wire::RegionAccess{offset + done, region, chunk});
     payload.insert(payload.end(), data.begin() + static_cast<ptrdiff_t>(done),
                    data.begin() + static_cast<ptrdiff_t>(done + chunk));
-    auto reply = CallExpecting(sizeof(wire::Header) + sizeof(wire::RegionAccess), cmd, payload);
+    auto reply = CallRegionAccess(cmd, payload, 0);
     if (!reply) return reply.error();
-    VFU_RETURN_IF_ERROR(CheckReply(*reply, cmd));
     done += chunk;
   }
   return Status::Ok();

@@ -128,6 +128,12 @@ class Client {
   // buffers have grown). `fds_allowed` false: the reply cannot carry fds (read without a
   // control buffer).
   Result<InboundMessage*> ReceiveInPlace(size_t expected_reply_size, bool fds_allowed);
+  // REGION_READ / REGION_WRITE, the hot path of trapped MMIO: sends the request and reads the
+  // reply (which never carries fds) in place, with no allocation and no control buffer; checks
+  // that it answers this request, is not an error, and holds a RegionAccess plus `reply_data`
+  // bytes. The result is valid until the next call.
+  Result<const InboundMessage*> CallRegionAccess(uint16_t command, std::span<const uint8_t> payload,
+                                                 size_t reply_data);
 
   MessageStream stream_;
   ClientOptions options_;
