@@ -128,21 +128,23 @@ Result<ReadStatus> MessageStream::ReadExpected(InboundMessage* msg, size_t expec
   if (header_have_ != 0 || in_payload_ || expected_size <= sizeof(header_buf_)) return Read(msg);
   msg->Clear();
   msg->payload.resize(expected_size - sizeof(header_buf_));
-  Result<UnixConnection::Received> got = MakeError(EINVAL, "unset");
-  if (!fds_allowed && expected_size <= kSmallReplyBytes) {
-    // A small reply without fds (REGION_READ of a register): one contiguous buffer read with
-    // recv(2), which spares the kernel importing an iovec array; then split it.
-    uint8_t small[kSmallReplyBytes];
-    got = connection_.ReceiveBytes(std::span<uint8_t>(small, expected_size));
-    if (got) {
-      const size_t head = std::min(got->bytes, sizeof(header_buf_));
-      std::memcpy(header_buf_, small, head);
-      if (got->bytes > head) std::memcpy(msg->payload.data(), small + head, got->bytes - head);
+  auto got = [&]() -> Result<UnixConnection::Received> {
+    if (fds_allowed || expected_size > kSmallReplyBytes) {
+      iovec iov[2] = {{header_buf_, sizeof(header_buf_)},
+                      {msg->payload.data(), msg->payload.size()}};
+      return fds_allowed ? connection_.Receive(iov, &msg->fds) : connection_.ReceiveBytes(iov);
     }
-  } else {
-    iovec iov[2] = {{header_buf_, sizeof(header_buf_)}, {msg->payload.data(), msg->payload.size()}};
-    got = fds_allowed ? connection_.Receive(iov, &msg->fds) : connection_.ReceiveBytes(iov);
-  }
+    // A small reply without fds (REGION_READ/WRITE of a register): one contiguous buffer read
+    // with recv(2), which spares the kernel importing an iovec array; then split it.
+    uint8_t small[kSmallReplyBytes];
+    auto read = connection_.ReceiveBytes(std::span<uint8_t>(small, expected_size));
+    if (read) {
+      const size_t head = std::min(read->bytes, sizeof(header_buf_));
+      std::memcpy(header_buf_, small, head);
+      std::memcpy(msg->payload.data(), small + head, read->bytes - head);
+    }
+    return read;
+  }();
   if (!got) {
     if (got.error().code == EAGAIN) return ReadStatus::kWouldBlock;
     return got.error();

@@ -18,6 +18,19 @@ Error Errno(const char* what) {
   return MakeError(err, std::string(what) + ": " + std::strerror(err));
 }
 
+// Runs a socket system call again while a signal interrupts it; a non-blocking socket that has
+// nothing to give (or no room) becomes EAGAIN with `would_block`, anything else errno.
+template <typename Call>
+Result<size_t> SocketCall(const char* what, const char* would_block, Call call) {
+  ssize_t n;
+  do {
+    n = call();
+  } while (n < 0 && errno == EINTR);
+  if (n >= 0) return static_cast<size_t>(n);
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, would_block);
+  return Errno(what);
+}
+
 Result<sockaddr_un> MakeAddress(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -66,14 +79,9 @@ Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> 
   msg.msg_iovlen = iov.size();
   msg.msg_control = control;
   msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  do {
-    n = sys::RecvMsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
-    return Errno("recvmsg");
-  }
+  auto n = SocketCall("recvmsg", "no data",
+                      [&] { return sys::RecvMsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC); });
+  if (!n) return n.error();
   // Take ownership of every fd first, so that any error below closes them.
   size_t first_new = fds->size();
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -86,7 +94,7 @@ Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> 
       fds->emplace_back(fd);
     }
   }
-  Received received{static_cast<size_t>(n), false};
+  Received received{*n, false};
   if (msg.msg_flags & MSG_CTRUNC) {
     fds->resize(first_new);
     received.fds_truncated = true;
@@ -95,42 +103,27 @@ Result<UnixConnection::Received> UnixConnection::Receive(std::span<const iovec> 
 }
 
 Result<UnixConnection::Received> UnixConnection::ReceiveBytes(std::span<uint8_t> buf) {
-  ssize_t n;
-  do {
-    n = sys::Recv(fd_.get(), buf.data(), buf.size(), 0);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
-    return Errno("recv");
-  }
-  return Received{static_cast<size_t>(n), false};
+  auto n = SocketCall("recv", "no data",
+                      [&] { return sys::Recv(fd_.get(), buf.data(), buf.size(), 0); });
+  if (!n) return n.error();
+  return Received{*n, false};
 }
 
 Result<UnixConnection::Received> UnixConnection::ReceiveBytes(std::span<const iovec> iov) {
-  ssize_t n;
-  do {
-    n = sys::Readv(fd_.get(), iov.data(), static_cast<int>(iov.size()));
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "no data");
-    return Errno("readv");
-  }
-  return Received{static_cast<size_t>(n), false};
+  auto n = SocketCall("readv", "no data", [&] {
+    return sys::Readv(fd_.get(), iov.data(), static_cast<int>(iov.size()));
+  });
+  if (!n) return n.error();
+  return Received{*n, false};
 }
 
 Result<size_t> UnixConnection::Send(std::span<const iovec> iov, std::span<const int> fds) {
   if (fds.empty() && iov.size() == 1) {
     // The common case (every request and reply without fds): send(2) skips the msghdr and
     // iovec copies of sendmsg(2).
-    ssize_t n;
-    do {
-      n = sys::Send(fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "socket buffer full");
-      return Errno("send");
-    }
-    return static_cast<size_t>(n);
+    return SocketCall("send", "socket buffer full", [&] {
+      return sys::Send(fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    });
   }
   msghdr msg{};
   msg.msg_iov = const_cast<iovec*>(iov.data());
@@ -146,15 +139,8 @@ Result<size_t> UnixConnection::Send(std::span<const iovec> iov, std::span<const 
     c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
     std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   }
-  ssize_t n;
-  do {
-    n = sys::SendMsg(fd_.get(), &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return MakeError(EAGAIN, "socket buffer full");
-    return Errno("sendmsg");
-  }
-  return static_cast<size_t>(n);
+  return SocketCall("sendmsg", "socket buffer full",
+                    [&] { return sys::SendMsg(fd_.get(), &msg, MSG_NOSIGNAL); });
 }
 
 Status UnixConnection::SetNonBlocking(bool non_blocking) {
