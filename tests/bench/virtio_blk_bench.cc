@@ -788,18 +788,21 @@ class SocketWakeFloor {
     ::close(sv_[0]);
     ::close(sv_[1]);
   }
-  // One wake-up: the time from the write until the answer is seen.
-  uint64_t SampleNs() {
+  // One wake-up, recorded in stats(): the time from the write until the answer is seen.
+  void Sample() {
     uint8_t msg[34] = {'k'};
     const uint32_t expected = ++sent_;
     auto t0 = Clock::now();
     if (::write(sv_[0], msg, sizeof(msg)) != static_cast<ssize_t>(sizeof(msg))) Die("write");
     while (answered_.load(std::memory_order_acquire) != expected) {
     }
-    return Ns(Clock::now() - t0);
+    stats_.lat_ns.push_back(Ns(Clock::now() - t0));
+    ++stats_.ops;
   }
+  Stats& stats() { return stats_; }
 
  private:
+  Stats stats_;
   int sv_[2] = {-1, -1};
   std::atomic<uint32_t> answered_{0};
   uint32_t sent_ = 0;
@@ -811,8 +814,7 @@ class SocketWakeFloor {
 // idle time), so that both see the same machine state: on this VM the cost of waking an idle
 // vCPU drifts between runs (p90 from ~70 us to ~220 us for the same bare program).
 Stats WakeLatency(const std::string& mode, int samples, std::chrono::microseconds idle,
-                  Server::Counters* counters, SocketWakeFloor* floor = nullptr,
-                  Stats* floor_stats = nullptr) {
+                  Server::Counters* counters, SocketWakeFloor* floor = nullptr) {
   Server server("virtio-blk,id=d,backend=null,size=1G,poll=" + mode);
   Guest g = Guest::Connect(server.socket());
   std::vector<client::BlkCompletion> done;
@@ -836,15 +838,14 @@ Stats WakeLatency(const std::string& mode, int samples, std::chrono::microsecond
     ++st.ops;
     if (floor != nullptr) {
       std::this_thread::sleep_for(idle);
-      floor_stats->lat_ns.push_back(floor->SampleNs());
-      ++floor_stats->ops;
+      floor->Sample();
     }
   }
   st.seconds = std::chrono::duration<double>(Clock::now() - t_all).count();
   st.foreign_pct = foreign.StopPercent();
-  if (floor_stats != nullptr) {
-    floor_stats->seconds = st.seconds;
-    floor_stats->foreign_pct = st.foreign_pct;
+  if (floor != nullptr) {
+    floor->stats().seconds = st.seconds;
+    floor->stats().foreign_pct = st.foreign_pct;
   }
   auto after = server.counters();
   counters->sleeps = after.sleeps - before.sleeps;
@@ -1092,10 +1093,10 @@ int main(int argc, char** argv) {
   {
     SocketWakeFloor floor;
     for (int m = 0; m < 3; ++m) {
-      wake[m] =
-          WakeLatency(modes[m], wake_samples, std::chrono::microseconds(5000), &wake_counters[m],
-                      m == 0 ? &floor : nullptr, m == 0 ? &wake_floor : nullptr);
+      wake[m] = WakeLatency(modes[m], wake_samples, std::chrono::microseconds(5000),
+                            &wake_counters[m], m == 0 ? &floor : nullptr);
     }
+    wake_floor = std::move(floor.stats());
   }
 
   // --- Report ---
