@@ -168,17 +168,27 @@ int Reactor::WaitForEvents(int timeout_ms) {
   return n < 0 ? 0 : n;
 }
 
-void Reactor::StartTimeAccounting() {
-  accounting_started_ = true;
-  started_wall_ns_ = NowNs();
-  started_cpu_ns_ = ThreadCpuNs();
+void OffCpuTime::Start(uint64_t wall_ns, uint64_t thread_cpu_ns) {
+  started_ = true;
+  counted_before_start_ns_ = reported_ns_;
+  start_wall_ns_ = wall_ns;
+  start_cpu_ns_ = thread_cpu_ns;
 }
 
+uint64_t OffCpuTime::Read(uint64_t wall_ns, uint64_t thread_cpu_ns) {
+  if (!started_) return reported_ns_;
+  const uint64_t wall = wall_ns > start_wall_ns_ ? wall_ns - start_wall_ns_ : 0;
+  const uint64_t cpu = thread_cpu_ns > start_cpu_ns_ ? thread_cpu_ns - start_cpu_ns_ : 0;
+  const uint64_t now = counted_before_start_ns_ + (wall > cpu ? wall - cpu : 0);
+  reported_ns_ = std::max(reported_ns_, now);
+  return reported_ns_;
+}
+
+void Reactor::StartTimeAccounting() { off_cpu_.Start(NowNs(), ThreadCpuNs()); }
+
 uint64_t Reactor::OffCpuNs() const {
-  if (!accounting_started_) return 0;
-  const uint64_t wall = NowNs() - started_wall_ns_;
-  const uint64_t cpu = ThreadCpuNs() - started_cpu_ns_;
-  return wall > cpu ? wall - cpu : 0;
+  if (!off_cpu_.started()) return 0;
+  return off_cpu_.Read(NowNs(), ThreadCpuNs());
 }
 
 ReactorStats Reactor::stats() const {
@@ -212,7 +222,7 @@ int Reactor::DispatchEvents(int timeout_ms) {
 }
 
 bool Reactor::RunOnce(std::chrono::milliseconds timeout) {
-  if (!accounting_started_) StartTimeAccounting();
+  if (!off_cpu_.started()) StartTimeAccounting();
   if (pollers_.empty()) return DispatchEvents(static_cast<int>(timeout.count())) > 0;
   bool busy = RunPollers();
   auto now = std::chrono::steady_clock::now();

@@ -59,6 +59,25 @@ struct ReactorStats {
   uint64_t sleeps = 0;
 };
 
+// Time off the CPU (wall time minus the thread's CPU time) since Start, as a counter: a reading
+// is never below an earlier one. The two clocks are read one after the other, so on a thread that
+// stayed on the CPU between two readings the later raw difference can come out a few ns lower;
+// the figure feeds idle_ns on the control endpoint and a Prometheus counter downstream, where a
+// decrease reads as a reset. A second Start resumes counting from the figure already reached.
+class OffCpuTime {
+ public:
+  void Start(uint64_t wall_ns, uint64_t thread_cpu_ns);
+  uint64_t Read(uint64_t wall_ns, uint64_t thread_cpu_ns);
+  bool started() const { return started_; }
+
+ private:
+  bool started_ = false;
+  uint64_t counted_before_start_ns_ = 0;
+  uint64_t start_wall_ns_ = 0;
+  uint64_t start_cpu_ns_ = 0;
+  uint64_t reported_ns_ = 0;
+};
+
 class Reactor {
  public:
   using FdHandler = std::function<void(uint32_t events)>;
@@ -146,10 +165,8 @@ class Reactor {
   bool idle_ = false;
   uint64_t sleeps_ = 0;
   ReactorStats stats_;
-  bool accounting_started_ = false;
+  mutable OffCpuTime off_cpu_;      // read (and so advanced) by the const stats()
   bool accounting_frozen_ = false;  // Run has returned: stats_.asleep_ns is final
-  uint64_t started_wall_ns_ = 0;
-  uint64_t started_cpu_ns_ = 0;
 };
 
 }  // namespace vfu

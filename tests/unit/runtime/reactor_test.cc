@@ -232,6 +232,11 @@ TEST(Reactor, ASleepInRunOnceCountsAsTimeOffTheCpu) {
 TEST(Reactor, TimeOffTheCpuOfRunIsReadByATaskAndKeptAfterRunReturns) {
   Reactor reactor;
   std::thread loop([&] { reactor.Run(); });
+  // Counting starts when Run does: wait for the loop, so a slow thread start on a loaded machine
+  // does not shorten the 60 ms below.
+  std::promise<void> running;
+  reactor.Post([&] { running.set_value(); });
+  ASSERT_EQ(running.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
   std::this_thread::sleep_for(milliseconds(60));
   std::promise<ReactorStats> while_running;
   reactor.Post([&] { while_running.set_value(reactor.stats()); });
@@ -243,6 +248,36 @@ TEST(Reactor, TimeOffTheCpuOfRunIsReadByATaskAndKeptAfterRunReturns) {
   loop.join();
   // Read from this thread after Run returned: the final figure, not this thread's clock.
   EXPECT_GE(reactor.stats().asleep_ns, asleep);
+}
+
+// Regression: CI saw the figure read after Run returned come out below the one a task had read,
+// when the loop thread stayed on the CPU between the two readings (the wall and CPU clocks are
+// read one after the other, so their difference jitters by a few ns).
+TEST(OffCpuTime, AReadingIsNeverBelowAnEarlierOneWhenTheCpuClockGainsOnTheWallClock) {
+  OffCpuTime t;
+  t.Start(/*wall_ns=*/1'000, /*thread_cpu_ns=*/500);
+  EXPECT_EQ(t.Read(61'000, 1'500), 59'000u);
+  // 10 ns of wall time, 40 ns of CPU time: the raw difference drops by 30 ns.
+  EXPECT_EQ(t.Read(61'010, 1'540), 59'000u);
+  // Time off the CPU resumes counting from there.
+  EXPECT_EQ(t.Read(71'010, 1'540), 69'000u - 30u);
+}
+
+TEST(OffCpuTime, ASecondStartResumesFromTheFigureReached) {
+  OffCpuTime t;
+  EXPECT_EQ(t.Read(5'000, 0), 0u);  // not started: nothing counted
+  t.Start(0, 0);
+  EXPECT_EQ(t.Read(10'000, 2'000), 8'000u);
+  t.Start(100'000, 50'000);  // e.g. Run after RunOnce rounds: a new thread's CPU clock
+  EXPECT_EQ(t.Read(100'000, 50'000), 8'000u);
+  EXPECT_EQ(t.Read(101'000, 50'500), 8'500u);
+}
+
+TEST(OffCpuTime, ClocksReadBelowTheirStartCountAsNoTimePassed) {
+  OffCpuTime t;
+  t.Start(1'000, 1'000);
+  EXPECT_EQ(t.Read(900, 900), 0u);
+  EXPECT_EQ(t.Read(2'000, 800), 1'000u);
 }
 
 }  // namespace
