@@ -417,7 +417,7 @@ size_t VirtioBlkDriver::Poll(uint16_t queue, std::vector<BlkCompletion>* out) {
     ++q.last_used;
     ++n;
   }
-  if (features_ & kEventIdx) {
+  if ((features_ & kEventIdx) && !q.interrupts_suppressed) {
     // Interrupt at the next completion.
     StoreRelease16(q.avail + 4 + 2 * queue_size_, q.last_used);
   }
@@ -426,6 +426,7 @@ size_t VirtioBlkDriver::Poll(uint16_t queue, std::vector<BlkCompletion>* out) {
 
 void VirtioBlkDriver::SetInterruptsSuppressed(uint16_t queue, bool suppressed) {
   Queue& q = queues_[queue];
+  q.interrupts_suppressed = suppressed;
   StoreRelease16(q.avail, suppressed ? 1 : 0);
   if (features_ & kEventIdx) {
     // With EVENT_IDX the flag is ignored: move used_event far away instead.

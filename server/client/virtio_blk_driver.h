@@ -106,7 +106,8 @@ class VirtioBlkDriver {
                                              std::chrono::milliseconds timeout,
                                              bool use_interrupts = false);
 
-  // Driver-side notification suppression: ask the device not to interrupt this queue.
+  // Driver-side notification suppression: ask the device not to interrupt this queue, until
+  // called again with false (with EVENT_IDX, Poll then stops moving used_event).
   void SetInterruptsSuppressed(uint16_t queue, bool suppressed);
   uint64_t kicks() const { return kicks_; }
   int interrupt_fd(uint16_t queue) const { return queues_[queue].eventfd.get(); }
@@ -125,6 +126,7 @@ class VirtioBlkDriver {
     uint8_t* used = nullptr;
     uint16_t avail_idx = 0;
     uint16_t last_used = 0;
+    bool interrupts_suppressed = false;  // SetInterruptsSuppressed: Poll leaves used_event alone
     uint16_t notify_off = 0;
     UniqueFd eventfd;
     std::vector<uint64_t> tags;  // per slot
