@@ -1,9 +1,12 @@
 #include "server/session/irq_table.h"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <string>
+#include <string_view>
 
 #include "server/common/checked_math.h"
 
@@ -54,13 +57,22 @@ Status IrqTable::Apply(const proto::SetIrqsRequest& request, std::vector<UniqueF
     if (!(idx.desc.flags & wire::kIrqInfoEventfd)) {
       return MakeError(EINVAL, "SET_IRQS eventfd on an index without eventfd support");
     }
+    // All of them are checked before any is taken: a bad one changes nothing.
+    for (size_t i = 0; i < fds.size(); ++i) {
+      VFU_RETURN_IF_ERROR(PrepareTriggerFd(fds[i].get(), s.start + static_cast<uint32_t>(i)));
+    }
     for (uint32_t i = 0; i < s.count; ++i) {
       Vector& v = idx.vectors[s.start + i];
       v.trigger = fds.empty() ? UniqueFd() : std::move(fds[i]);
-      // An interrupt raised while no eventfd was attached is delivered now.
+      // An interrupt raised while no eventfd was attached is delivered now (and, on an
+      // automasked index such as INTx, masks the vector as any delivery does).
       if (v.trigger.valid() && v.pending && !v.masked) {
         v.pending = false;
         Signal(v);
+        if (idx.desc.flags & wire::kIrqInfoAutomasked) {
+          v.masked = true;
+          if (changes != nullptr) changes->push_back({s.index, s.start + i, true});
+        }
       }
     }
     return Status::Ok();
@@ -96,6 +108,27 @@ void IrqTable::SetMask(uint32_t index, uint32_t vector, bool masked,
     if (indexes_[index].desc.flags & wire::kIrqInfoAutomasked) v.masked = true;
   }
   if (was != v.masked && changes != nullptr) changes->push_back({index, vector, v.masked});
+}
+
+Status IrqTable::PrepareTriggerFd(int fd, uint32_t vector) {
+  // Only eventfds: an interrupt is an 8-byte counter write, and any other file (a full pipe, a
+  // FIFO nobody reads) could make that write block the poll thread.
+  char target[64] = {};
+  const std::string link = "/proc/self/fd/" + std::to_string(fd);
+  const ssize_t n = ::readlink(link.c_str(), target, sizeof(target) - 1);
+  if (n >= 0 && std::string_view(target, static_cast<size_t>(n)) != "anon_inode:[eventfd]") {
+    return MakeError(EINVAL, "SET_IRQS vector " + std::to_string(vector) +
+                                 ": the fd is not an eventfd (" + std::string(target) + ")");
+  }
+  // Non-blocking, so that a counter the client filled to its maximum cannot block the write
+  // either (the interrupt is then already pending for the client). The flag lives in the open
+  // file shared with the client; eventfd readers (QEMU's event notifiers) are non-blocking anyway.
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || (!(flags & O_NONBLOCK) && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)) {
+    return MakeError(errno, "SET_IRQS vector " + std::to_string(vector) +
+                                ": cannot make the eventfd non-blocking");
+  }
+  return Status::Ok();
 }
 
 bool IrqTable::Signal(Vector& v) {

@@ -55,6 +55,8 @@ class IrqTable {
     std::vector<Vector> vectors;
   };
 
+  // Checks that `fd` (for `vector`) is an eventfd and makes it non-blocking.
+  static Status PrepareTriggerFd(int fd, uint32_t vector);
   bool Signal(Vector& v);
   void SetMask(uint32_t index, uint32_t vector, bool masked, std::vector<MaskChange>* changes);
 

@@ -7,6 +7,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <future>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -158,6 +161,64 @@ TEST(IrqTable, IntxAutomasksAfterEachDelivery) {
   ASSERT_TRUE(t.Apply(Req(kNone | kUnmask, kIntx, 0, 1), {}, nullptr).ok());
   EXPECT_FALSE(t.Masked(kIntx, 0));
   EXPECT_EQ(Take(efds[0]), 0u);  // nothing pending this time
+}
+
+// Regression: a pending INTx delivered when its eventfd was assigned did not automask, so the
+// next trigger fired again before the client unmasked.
+TEST(IrqTable, IntxDeliveredOnAssignmentIsAutomaskedAndReported) {
+  IrqTable t = MakeTable();
+  EXPECT_FALSE(t.Trigger(kIntx, 0));  // pending: no eventfd yet
+  auto efds = Eventfds(1);
+  std::vector<IrqTable::MaskChange> changes;
+  ASSERT_TRUE(t.Apply(Req(kEfd | kTrigger, kIntx, 0, 1), Dups(efds), &changes).ok());
+  EXPECT_EQ(Take(efds[0]), 1u);
+  EXPECT_TRUE(t.Masked(kIntx, 0));
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_TRUE(changes[0].masked);
+  EXPECT_FALSE(t.Trigger(kIntx, 0));  // held until the client unmasks
+  EXPECT_EQ(Take(efds[0]), 0u);
+}
+
+// Regression: any fd was accepted as an interrupt eventfd, and a blocking pipe that was full
+// made the interrupt write block the poll thread.
+TEST(IrqTable, AnFdThatIsNotAnEventfdIsRefusedAndChangesNothing) {
+  IrqTable t = MakeTable();
+  auto efds = Eventfds(2);
+  ASSERT_TRUE(t.Apply(Req(kEfd | kTrigger, kMsi, 0, 2), Dups(efds), nullptr).ok());
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  UniqueFd read_end(pipe_fds[0]);
+  std::vector<UniqueFd> mixed;
+  mixed.emplace_back(::eventfd(0, EFD_CLOEXEC));
+  mixed.emplace_back(pipe_fds[1]);
+  Status s = t.Apply(Req(kEfd | kTrigger, kMsi, 0, 2), std::move(mixed), nullptr);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), EINVAL);
+  EXPECT_NE(s.message().find("not an eventfd"), std::string::npos) << s.message();
+  // The eventfds assigned before are still the ones signalled.
+  EXPECT_TRUE(t.Trigger(kMsi, 1));
+  EXPECT_EQ(Take(efds[1]), 1u);
+}
+
+// Regression: a client that filled its (blocking) eventfd's counter to the maximum made the
+// interrupt write block the poll thread; the table makes the eventfd non-blocking.
+TEST(IrqTable, AnEventfdAtItsMaximumCountDoesNotBlockTheTrigger) {
+  IrqTable t = MakeTable();
+  UniqueFd client(::eventfd(0, EFD_CLOEXEC));  // blocking, as a hostile client may send it
+  ASSERT_TRUE(client.valid());
+  const uint64_t almost_full = 0xfffffffffffffffeull;
+  ASSERT_EQ(::write(client.get(), &almost_full, sizeof(almost_full)), 8);
+  std::vector<UniqueFd> fds;
+  fds.emplace_back(::dup(client.get()));
+  ASSERT_TRUE(t.Apply(Req(kEfd | kTrigger, kMsi, 0, 1), std::move(fds), nullptr).ok());
+  auto trigger = std::async(std::launch::async, [&t] { return t.Trigger(kMsi, 0); });
+  if (trigger.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    uint64_t v;
+    (void)::read(client.get(), &v, sizeof(v));  // unblock the write so the test can end
+    trigger.wait();
+    FAIL() << "the interrupt write blocked on a full eventfd";
+  }
+  EXPECT_FALSE(trigger.get());  // not delivered: the counter is full (the client sees it set)
 }
 
 TEST(IrqTable, LoopbackTriggerSignalsLikeTheDevice) {
