@@ -125,9 +125,12 @@ void DeviceEndpoint::OnSessionEvent(uint32_t events) {
 }
 
 void DeviceEndpoint::UpdateSessionInterest() {
-  // Write interest while replies are queued; no read interest while too many are queued.
-  uint32_t events = EPOLLRDHUP | (session_->WantsWrite() ? EPOLLOUT : 0u) |
-                    (session_->ReadPaused() ? 0u : EPOLLIN);
+  // Write interest while replies are queued; no read interest while too many are queued. That
+  // includes EPOLLRDHUP: a client that half-closed its side would otherwise report it on every
+  // (level-triggered) wait while the paused session reads nothing, and the thread would spin.
+  // EPOLLHUP and EPOLLERR are always reported.
+  uint32_t events = (session_->WantsWrite() ? EPOLLOUT : 0u) |
+                    (session_->ReadPaused() ? 0u : EPOLLIN | EPOLLRDHUP);
   if (events == session_events_) return;
   (void)reactor_->Modify(session_->fd(), events);
   session_events_ = events;

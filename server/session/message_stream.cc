@@ -196,6 +196,7 @@ Status MessageStream::Send(std::span<const uint8_t> bytes, std::span<const int> 
     }
   }
   pending_bytes_ += p.bytes.size();
+  pending_fds_ += p.fds.size();
   pending_.push_back(std::move(p));
   return Status::Ok();
 }
@@ -212,6 +213,7 @@ Status MessageStream::Flush() {
     if (!n) return n.error().code == EAGAIN ? Status::Ok() : Status(n.error());
     p.sent += *n;
     pending_bytes_ -= *n;
+    pending_fds_ -= p.fds.size();
     p.fds.clear();
     if (p.sent < p.bytes.size()) return Status::Ok();
     pending_.pop_front();

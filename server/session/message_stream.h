@@ -74,6 +74,8 @@ class MessageStream {
   Status Flush();
   bool HasPendingOutput() const { return !pending_.empty(); }
   size_t pending_bytes() const { return pending_bytes_; }
+  // Duplicated fds held by queued replies until they go out.
+  size_t pending_fds() const { return pending_fds_; }
 
   UnixConnection& connection() { return connection_; }
   int fd() const { return connection_.fd(); }
@@ -108,6 +110,7 @@ class MessageStream {
   bool carry_fds_truncated_ = false;
   std::deque<Pending> pending_;
   size_t pending_bytes_ = 0;
+  size_t pending_fds_ = 0;
 };
 
 }  // namespace vfu

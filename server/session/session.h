@@ -28,8 +28,11 @@ namespace vfu {
 struct SessionOptions {
   // Messages handled per OnReadable call before yielding to other work on the thread.
   int read_budget = 16;
-  // Stop reading requests while this many reply bytes wait for the client to read them.
+  // Stop reading requests while this many reply bytes wait for the client to read them, or
+  // while queued replies hold this many fds (each a duplicate that counts against the
+  // process's fd limit, e.g. the mmap fd of a REGION_INFO reply).
   size_t max_pending_output = 4u << 20;
+  size_t max_pending_fds = 64;
   uint32_t max_dma_maps = proto::kMaxDmaMaps;
 };
 
@@ -58,7 +61,10 @@ class Session : public DeviceContext {
   State OnWritable();
   // True when replies are queued (register for EPOLLOUT) or reading is paused by them.
   bool WantsWrite() const { return stream_.HasPendingOutput(); }
-  bool ReadPaused() const { return stream_.pending_bytes() >= options_.max_pending_output; }
+  bool ReadPaused() const {
+    return stream_.pending_bytes() >= options_.max_pending_output ||
+           stream_.pending_fds() >= options_.max_pending_fds;
+  }
   // Requests already read from the socket wait to be handled (the read budget or a pause
   // stopped OnReadable): call OnReadable again without waiting for the socket.
   bool HasBufferedInput() const { return stream_.HasBufferedInput(); }

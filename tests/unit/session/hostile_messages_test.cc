@@ -1153,6 +1153,52 @@ TEST(HostileSlowReader, ServerStopsReadingWhileRepliesPileUpAndCatchesUpInOrder)
   EXPECT_EQ(OpenFdCount(), fds_at_start);
 }
 
+// Regression: replies that carry an fd (REGION_INFO of a region the client may mmap) each hold
+// a duplicate while queued, and only queued bytes paused reading, so a client that never read
+// could pile up tens of thousands of fds (about 80 bytes of reply each) and exhaust the
+// process's fd limit, breaking every other device. Queued fds now pause reading too.
+TEST(HostileSlowReader, QueuedRepliesHoldABoundedNumberOfFds) {
+  const size_t fds_at_start = OpenFdCount();
+  {
+    auto created = SampleDevice::Create();
+    ASSERT_TRUE(created.ok());
+    auto pair = UnixConnection::Pair();
+    ASSERT_TRUE(pair.ok());
+    MessageStream client(std::move(pair->first));
+    SessionOptions options;  // defaults: 4 MiB of queued bytes would allow ~50000 such replies
+    Session session(std::move(pair->second), created->get(), options, LogContext());
+    auto send_raw = [&](const Bytes& msg) {
+      iovec iov{const_cast<uint8_t*>(msg.data()), msg.size()};
+      auto n = client.connection().Send({&iov, 1});
+      return n.ok() && *n == msg.size();
+    };
+    ASSERT_TRUE(send_raw(BuildMessage(1, Id(Command::kVersion), Version(kQemuVersionJson))));
+    ASSERT_EQ(session.OnReadable(), Session::State::kOpen);
+    InboundMessage reply;
+    ASSERT_EQ(*client.Read(&reply), ReadStatus::kMessage);
+
+    // REGION_INFO of BAR2 (the mmappable one) until the server pauses or 20000 were sent.
+    uint16_t sent = 0;
+    for (int round = 0; round < 2000 && !session.ReadPaused() && sent < 20000; ++round) {
+      while (sent < 20000 &&
+             send_raw(BuildMessage(static_cast<uint16_t>(2 + sent),
+                                   Id(Command::kDeviceGetRegionInfo), RegionInfo(2, 64)))) {
+        ++sent;
+      }
+      for (int i = 0; i < 64 && !session.ReadPaused(); ++i) {
+        if (session.WantsWrite()) {
+          ASSERT_EQ(session.OnWritable(), Session::State::kOpen);
+        }
+        ASSERT_EQ(session.OnReadable(), Session::State::kOpen);
+      }
+    }
+    ASSERT_TRUE(session.ReadPaused()) << "the server kept reading (" << sent << " sent)";
+    EXPECT_LE(OpenFdCount(), fds_at_start + 2 + options.max_pending_fds + 64)
+        << "fds held for queued replies";
+  }
+  EXPECT_EQ(OpenFdCount(), fds_at_start);
+}
+
 // Hundreds of well-framed random requests (random command, flags and payload) in one burst:
 // every command-type request without NO_REPLY gets exactly one reply, in order; the session
 // survives, leaks nothing, and still serves a well-formed request.
