@@ -258,9 +258,11 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
     CountRequest(counted_type, value, counted_type == kBlkTypeGetId ? written - 1 : 0, 0);
     Complete(q, head, status_byte, value, written);
   };
-  // The status byte is the last device-writable byte of the chain.
+  // The status byte is the last device-writable byte of the chain (if the buffer holding it
+  // translated: otherwise the last segment we have belongs to an earlier buffer, and the
+  // request completes without a status write).
   uint8_t* status = nullptr;
-  if (chain.writable_bytes > 0 && !chain.writable.empty()) {
+  if (chain.last_writable_translated && !chain.writable.empty()) {
     const iovec& last = chain.writable.back();
     if (last.iov_len > 0) status = static_cast<uint8_t*>(last.iov_base) + last.iov_len - 1;
   }
@@ -291,8 +293,9 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
         CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
         return;
       }
+      // used.len is 32 bits: a read must fit it with its status byte.
       if (len % kSectorSize != 0 || header.sector > capacity_bytes / kSectorSize ||
-          len > capacity_bytes - header.sector * kSectorSize) {
+          len > capacity_bytes - header.sector * kSectorSize || (in && len >= UINT32_MAX)) {
         CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
         return;
       }

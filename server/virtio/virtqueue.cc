@@ -73,6 +73,7 @@ void DescriptorChain::Clear() {
   readable_bytes = 0;
   writable_bytes = 0;
   buffer_error = Status::Ok();
+  last_writable_translated = false;
 }
 
 Status SplitVirtqueue::Configure(const QueueConfig& config, GuestMemory* memory) {
@@ -261,6 +262,7 @@ Status SplitVirtqueue::AddBuffer(const Desc& desc, bool* seen_writable, Descript
   Status s = memory_->TranslateSegments(
       desc.addr, desc.len, writable ? GuestMemory::Access::kWrite : GuestMemory::Access::kRead,
       writable ? &chain->writable : &chain->readable);
+  if (writable) chain->last_writable_translated = s.ok();
   if (!s.ok()) {
     if (chain->buffer_error.ok()) {
       chain->buffer_error =

@@ -56,6 +56,10 @@ struct DescriptorChain {
   // did translate are kept so that a device can still write a status byte if its status
   // buffer is fine.
   Status buffer_error;
+  // Whether the last device-writable descriptor with data translated: `writable.back()` ends
+  // in that descriptor's buffer only if it did (a device that writes a trailing status byte
+  // must check this, or it would write into an earlier buffer).
+  bool last_writable_translated = false;
 
   void Clear();
 };

@@ -146,5 +146,58 @@ TEST_F(VirtioBlkHostileDriver, MissingStatusByteCompletesWithoutTouchingAnything
   EXPECT_EQ(driver_->ReadStatus() & kNeedsReset, 0);
 }
 
+// Regression: with the status descriptor outside guest memory, the device took the last byte
+// of the (translated) data buffer for the status byte and wrote IOERR there.
+TEST_F(VirtioBlkHostileDriver, UntranslatableStatusBufferLeavesTheDataBufferAlone) {
+  uint64_t meta = driver_->slot_iova(0, 0);
+  uint8_t* data = driver_->slot_buffer(0, 0);
+  std::memset(data, 0x5a, 4096);
+  std::vector<Raw> chain = {Raw{meta, 16, kNext, 1}, Raw{meta + 64, 4096, kNext | kWrite, 2},
+                            Raw{0x7000000000ull, 1, kWrite, 0}};  // the status: unmapped
+  uint8_t* header = data - 64;
+  const uint32_t type = 0;  // IN
+  const uint64_t sector = 0;
+  std::memcpy(header, &type, 4);
+  std::memcpy(header + 8, &sector, 8);
+  ASSERT_TRUE(driver_->SubmitRaw(0, 0, chain, 0, 71).ok());
+  auto r = driver_->WaitFor(0, 1, seconds(10));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ((*r)[0].used_len, 0u);
+  EXPECT_EQ(data[4095], 0x5a) << "a status byte was written into the data buffer";
+  EXPECT_EQ(driver_->ReadStatus() & kNeedsReset, 0);
+}
+
+// Regression: used.len is 32 bits, and a read of 4 GiB or more (two 2 GiB writable buffers)
+// was acknowledged as OK with used.len cut to 1. The null backend moves no data, and the
+// guest memory is a sparse memfd, so this costs no RAM.
+TEST(VirtioBlkHugeRequest, AReadTooLargeForUsedLenFailsWithIoerr) {
+  ServerThread server;
+  const std::string socket = server.AddDevice("virtio-blk,id=d,backend=null,size=16G");
+  server.Start();
+  auto c = client::Client::Connect(socket);
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  client::VirtioBlkDriverOptions options;
+  options.queue_size = 4;            // one slot
+  options.slot_bytes = 0x80000000u;  // of 2 GiB
+  auto d = VirtioBlkDriver::Create(c->get(), options);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  VirtioBlkDriver& driver = **d;
+  const uint64_t meta = driver.slot_iova(0, 0);
+  uint8_t* header = driver.slot_buffer(0, 0) - 64;
+  const uint32_t type = 0;  // IN
+  const uint64_t sector = 0;
+  std::memcpy(header, &type, 4);
+  std::memcpy(header + 8, &sector, 8);
+  header[32] = 0xff;
+  std::vector<Raw> chain = {Raw{meta, 16, kNext, 1}, Raw{meta + 64, 0x80000000u, kNext | kWrite, 2},
+                            Raw{meta + 64, 0x80000000u, kNext | kWrite, 3},
+                            Raw{meta + 32, 1, kWrite, 0}};
+  ASSERT_TRUE(driver.SubmitRaw(0, 0, chain, 0, 81).ok());
+  auto r = driver.WaitFor(0, 1, seconds(10));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(header[32], devices::kBlkStatusIoErr);
+  EXPECT_EQ((*r)[0].used_len, 1u);
+}
+
 }  // namespace
 }  // namespace vfu::testing
