@@ -265,5 +265,25 @@ TEST_F(ClientFramingTest, PipelinedRequestsUseExactFraming) {
   DrainRequests();
 }
 
+// Regression: a server announcing max_data_xfer_size 0 was accepted, and every region access
+// then looped forever on 0-byte chunks (against a server that answers them).
+TEST(ClientNegotiation, AServerAnnouncingMaxDataXferSizeZeroIsRefused) {
+  auto pair = UnixConnection::Pair();
+  ASSERT_TRUE(pair.ok());
+  UnixConnection peer = std::move(pair->second);
+  std::vector<uint8_t> version;
+  proto::Append(version, wire::Version{0, 0});
+  const char json[] = "{\"capabilities\":{\"max_data_xfer_size\":0}}";
+  version.insert(version.end(), json, json + sizeof(json));
+  const std::vector<uint8_t> reply = Reply(1, static_cast<uint16_t>(Command::kVersion), version);
+  ASSERT_EQ(::write(peer.fd(), reply.data(), reply.size()), static_cast<ssize_t>(reply.size()));
+  ClientOptions options;
+  options.timeout = std::chrono::milliseconds(2000);
+  auto c = Client::Attach(std::move(pair->first), options);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.error().code, EPROTO);
+  EXPECT_NE(c.error().message.find("max_data_xfer_size"), std::string::npos) << c.error().message;
+}
+
 }  // namespace
 }  // namespace vfu::testing
