@@ -38,6 +38,11 @@ std::shared_ptr<grpc::Channel> NewControlChannel(const std::string& socket) {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 500);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // The watch stream's client sends no data after its request, and gRPC's keepalive guide
+  // documents a 5-minute minimum between pings sent without data (this argument's default):
+  // keep it at the keepalive period so that no ping (a BDP probe, say) can delay the next
+  // keepalive ping by minutes.
+  args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, 500);
   return grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), args);
 }
 }  // namespace

@@ -228,7 +228,10 @@ Metrics::Metrics(const DeviceRegistry* registry, const InUseTracker* in_use, Sta
   kubelet_streams_ =
       &prometheus::BuildGauge()
            .Name("vfio_user_kubelet_connected")
-           .Help("1 while the kubelet holds a ListAndWatch stream of the resource open.")
+           .Help(
+               "ListAndWatch streams of the resource the kubelet holds open: 1 normally, 0 "
+               "when it is not connected (briefly 2 while a re-registering kubelet replaces "
+               "its stream).")
            .Register(*registry_);
   prometheus::BuildGauge()
       .Name("vfio_user_build_info")
