@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "server/common/log.h"
 
@@ -106,12 +107,16 @@ void VirtioBlkDevice::Reset() {
 }
 
 void VirtioBlkDevice::WaitForInflight() {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  auto deadline = std::chrono::steady_clock::now() + options_.inflight_timeout;
   while (inflight_count_ > 0) {
     completions_.clear();
     backend_->Reap(&completions_);
     for (const block::Completion& c : completions_) {
       Inflight& s = slots_[c.tag];
+      if (s.abandoned) {
+        ReleaseAbandoned(s, c.tag);
+        continue;
+      }
       s.used = false;
       s.data.clear();
       free_slots_.push_back(static_cast<int>(c.tag));
@@ -119,24 +124,65 @@ void VirtioBlkDevice::WaitForInflight() {
     }
     if (inflight_count_ == 0) break;
     if (std::chrono::steady_clock::now() > deadline) {
-      Log::Write(LogLevel::kError, "virtio-blk: in-flight I/O did not finish within 60 s",
-                 {{"inflight", std::to_string(inflight_count_)}});
+      AbandonInflight("a reset or detach");
       break;
     }
     if (backend_->event_fd() >= 0) {
       pollfd p{backend_->event_fd(), POLLIN, 0};
       ::poll(&p, 1, 10);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
   }
 }
 
+void VirtioBlkDevice::AbandonInflight(const char* waiting_for) {
+  size_t newly = 0;
+  for (Inflight& s : slots_) {
+    if (s.used && !s.abandoned) {
+      s.abandoned = true;
+      ++newly;
+    }
+  }
+  if (newly == 0) return;
+  abandoned_count_ += newly;
+  if (context_ != nullptr && context_->memory() != nullptr) {
+    if (auto kept = context_->memory()->Retain()) retained_memory_.push_back(std::move(kept));
+  }
+  Log::Write(LogLevel::kError,
+             "virtio-blk: in-flight I/O did not finish in time; going on without it (its "
+             "completions will be dropped, its guest memory stays mapped until then)",
+             {{"waiting_for", waiting_for},
+              {"abandoned", std::to_string(newly)},
+              {"timeout_ms", std::to_string(options_.inflight_timeout.count())}});
+}
+
+void VirtioBlkDevice::ReleaseAbandoned(Inflight& s, uint64_t tag) {
+  s.used = false;
+  s.abandoned = false;
+  s.data.clear();
+  free_slots_.push_back(static_cast<int>(tag));
+  --inflight_count_;
+  if (--abandoned_count_ == 0) {
+    retained_memory_.clear();
+    Log::Write(LogLevel::kInfo, "virtio-blk: abandoned I/O finished; guest memory released", {});
+  }
+}
+
 void VirtioBlkDevice::DrainInflight() {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (inflight_count_ > 0 && context_ != nullptr &&
-         std::chrono::steady_clock::now() < deadline) {
-    if (ReapCompletions() == 0 && backend_->event_fd() >= 0) {
-      pollfd p{backend_->event_fd(), POLLIN, 0};
-      ::poll(&p, 1, 10);
+  auto deadline = std::chrono::steady_clock::now() + options_.inflight_timeout;
+  while (inflight_count_ > abandoned_count_ && context_ != nullptr) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      AbandonInflight("a DMA unmap");
+      break;
+    }
+    if (ReapCompletions() == 0) {
+      if (backend_->event_fd() >= 0) {
+        pollfd p{backend_->event_fd(), POLLIN, 0};
+        ::poll(&p, 1, 10);
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
     }
   }
   for (uint16_t q = 0; q < options_.num_queues && context_ != nullptr; ++q) {
@@ -409,6 +455,10 @@ size_t VirtioBlkDevice::ReapCompletions() {
   uint64_t now = n > 0 ? MonotonicNowNs() : 0;
   for (const block::Completion& c : completions_) {
     Inflight& s = slots_[c.tag];
+    if (s.abandoned) {
+      ReleaseAbandoned(s, c.tag);
+      continue;
+    }
     bool ok = c.result == 0;
     CountRequest(s.type, ok ? kBlkStatusOk : kBlkStatusIoErr, s.bytes,
                  now > s.started_ns ? now - s.started_ns : 0);

@@ -11,6 +11,7 @@
 
 #include <array>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -90,6 +91,9 @@ struct VirtioBlkOptions {
   bool read_only = false;
   std::string serial = "vfu-disk";
   uint32_t seg_max = 254;
+  // How long a reset, a detach or a DMA unmap waits for in-flight I/O (whose buffers are guest
+  // memory) before it goes on without it; see VirtioBlkDevice::AbandonInflight.
+  std::chrono::milliseconds inflight_timeout{60'000};
 };
 
 // After this many backend failures in a row the device reports itself unhealthy; one success
@@ -138,7 +142,16 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
     uint64_t bytes = 0;
     uint64_t started_ns = 0;
     std::vector<iovec> data;  // the guest buffers the backend reads or writes
+    bool abandoned = false;   // given up on by a reset/unmap: its completion is dropped
   };
+
+  // After a wait for in-flight I/O timed out: the driver (or its memory) is going away while
+  // the backend still holds guest buffers. Marks those requests abandoned (their completions
+  // are dropped, never written to the driver's new rings or through their stale status
+  // pointers) and keeps the guest memory they target mapped until they have all completed.
+  void AbandonInflight(const char* waiting_for);
+  // Frees an abandoned request's slot once the backend has finished with it.
+  void ReleaseAbandoned(Inflight& s, uint64_t tag);
 
   // Takes what the queue offers, up to a budget. Returns the number of requests started.
   size_t DrainQueue(uint16_t index);
@@ -160,7 +173,10 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
   std::vector<Inflight> slots_;
   std::vector<iovec> data_scratch_;  // the request being parsed; swapped into its slot
   std::vector<int> free_slots_;
-  size_t inflight_count_ = 0;
+  size_t inflight_count_ = 0;  // slots in use, abandoned ones included
+  size_t abandoned_count_ = 0;
+  // Guest memory kept mapped for abandoned requests (GuestMemory::Retain handles).
+  std::vector<std::shared_ptr<const void>> retained_memory_;
   std::vector<block::Completion> completions_;
   std::vector<bool> interrupt_pending_;
   std::vector<BlkDiscardSegment> segments_;

@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -38,6 +39,10 @@ class GuestMemory {
   // Copies that may cross region boundaries.
   virtual Status Read(uint64_t iova, std::span<uint8_t> out) = 0;
   virtual Status Write(uint64_t iova, std::span<const uint8_t> data) = 0;
+  // Keeps the host mappings of every range mapped now in place until the returned handle is
+  // released, even if the client unmaps them meanwhile (the addresses are then no longer
+  // translated, but memory that I/O still targets stays mapped). Null if nothing needs it.
+  virtual std::shared_ptr<const void> Retain() { return nullptr; }
 };
 
 // What the session provides to an attached device.

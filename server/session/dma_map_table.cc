@@ -59,7 +59,8 @@ Status DmaMapTable::Map(uint64_t iova, uint64_t size, uint64_t offset, uint32_t 
     int prot = (region.readable ? PROT_READ : 0) | (region.writable ? PROT_WRITE : 0);
     auto mapping = MemoryMapping::Map(fd.get(), offset, size, prot);
     if (!mapping) return mapping.error();
-    region.mapping = std::move(*mapping);
+    region.mapping = std::make_shared<const MemoryMapping>(std::move(*mapping));
+    region.host = region.mapping->data();
     // The fd itself is not needed once mapped; it is closed here (UniqueFd).
   }
   regions_.emplace(iova, std::move(region));
@@ -83,6 +84,14 @@ uint64_t DmaMapTable::mapped_bytes() const {
   return total;
 }
 
+std::shared_ptr<const void> DmaMapTable::Retain() {
+  auto kept = std::make_shared<std::vector<std::shared_ptr<const MemoryMapping>>>();
+  for (const auto& [iova, r] : regions_) {
+    if (r.mapping) kept->push_back(r.mapping);
+  }
+  return kept;
+}
+
 DmaMapTable::Region* DmaMapTable::Find(uint64_t iova) {
   // Consecutive accesses nearly always hit the same map (guest RAM is a few large maps).
   if (last_hit_ != nullptr && iova - last_hit_->iova < last_hit_->size) return last_hit_;
@@ -96,7 +105,7 @@ DmaMapTable::Region* DmaMapTable::Find(uint64_t iova) {
 }
 
 Status DmaMapTable::CheckUsable(const Region& r, uint64_t iova, Access access) const {
-  if (!r.mapping.valid()) {
+  if (r.host == nullptr) {
     return MakeError(EFAULT, "guest range at " + Hex(iova) + " was mapped without an fd");
   }
   if ((access == Access::kRead && !r.readable) || (access == Access::kWrite && !r.writable)) {
@@ -112,7 +121,7 @@ Result<uint8_t*> DmaMapTable::Translate(uint64_t iova, uint64_t len, Access acce
         EFAULT, "guest range [" + Hex(iova) + ", +" + Hex(len) + ") is not inside one DMA map");
   }
   VFU_RETURN_IF_ERROR(CheckUsable(*r, iova, access));
-  return r->mapping.data() + (iova - r->iova);
+  return r->host + (iova - r->iova);
 }
 
 Status DmaMapTable::TranslateSegments(uint64_t iova, uint64_t len, Access access,
@@ -133,7 +142,7 @@ Status DmaMapTable::TranslateSegments(uint64_t iova, uint64_t len, Access access
       out->resize(first);
       return usable;
     }
-    out->push_back({r->mapping.data() + offset, chunk});
+    out->push_back({r->host + offset, chunk});
     done += chunk;
   }
   return Status::Ok();

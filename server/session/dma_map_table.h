@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -23,7 +24,9 @@ class DmaMapTable : public GuestMemory {
     uint64_t size = 0;
     bool readable = false;
     bool writable = false;
-    MemoryMapping mapping;  // invalid when the client passed no fd
+    uint8_t* host = nullptr;  // the mapping's start; null when the client passed no fd
+    // Shared so that Retain() can keep it mapped past an unmap.
+    std::shared_ptr<const MemoryMapping> mapping;
   };
 
   explicit DmaMapTable(size_t max_regions) : max_regions_(max_regions) {}
@@ -48,6 +51,7 @@ class DmaMapTable : public GuestMemory {
                            std::vector<iovec>* out) override;
   Status Read(uint64_t iova, std::span<uint8_t> out) override;
   Status Write(uint64_t iova, std::span<const uint8_t> data) override;
+  std::shared_ptr<const void> Retain() override;
 
  private:
   // The region containing iova, or nullptr.

@@ -164,7 +164,7 @@ TEST(DmaMapTable, MapWithoutFdIsRecordedButNotAccessible) {
   DmaMapTable table(8);
   ASSERT_TRUE(table.Map(0x100000, 0x1000, 0, kRW, UniqueFd()).ok());
   EXPECT_EQ(table.size(), 1u);
-  EXPECT_FALSE(table.regions().at(0x100000).mapping.valid());
+  EXPECT_FALSE(table.regions().at(0x100000).host != nullptr);
   EXPECT_EQ(table.Translate(0x100000, 1, Access::kRead).error().code, EFAULT);
   uint8_t b;
   EXPECT_EQ(table.Read(0x100000, {&b, 1}).code(), EFAULT);

@@ -61,7 +61,7 @@ void ExpectTheFdGoesToTheMapAfterResets(int resets) {
     EXPECT_FALSE(mapped->is_error()) << mapped->error_no();
     ASSERT_EQ(h.session()->dma_maps().size(), 1u);
     // The map really has the memory (it was mapped from the fd, not recorded fd-less).
-    EXPECT_TRUE(h.session()->dma_maps().regions().begin()->second.mapping.valid());
+    EXPECT_TRUE(h.session()->dma_maps().regions().begin()->second.host != nullptr);
   }
   EXPECT_EQ(OpenFdCount(), fds_before);
 }
