@@ -15,6 +15,7 @@
 #pragma once
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <atomic>
 #include <cstdint>
@@ -22,6 +23,15 @@
 #include <thread>
 
 namespace vfu::bench {
+
+// Pins the calling thread to `cpu` (nothing on a machine with fewer than two CPUs).
+inline void PinThreadToCpu(int cpu) {
+  if (std::thread::hardware_concurrency() < 2) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
 
 constexpr uint32_t kBareBlockBytes = 4096;
 constexpr uint32_t kBareSectorBytes = 512;

@@ -51,11 +51,7 @@ bool g_pin = true;
 double g_seconds = 0.3;
 
 void PinTo(int cpu) {
-  if (!g_pin || std::thread::hardware_concurrency() < 2) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+  if (g_pin) vfu::bench::PinThreadToCpu(cpu);
 }
 
 [[noreturn]] void Die(const char* what) {

@@ -93,11 +93,7 @@ double g_scale = 1.0;  // phase lengths (--quick: 0.4)
 }
 
 void PinTo(int cpu) {
-  if (!g_pin || std::thread::hardware_concurrency() < 2) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+  if (g_pin) bench::PinThreadToCpu(cpu);
 }
 
 uint64_t ThreadCpuNs(pthread_t thread) {

@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 
+#include <fstream>
+
 namespace vfu::testing {
 
 size_t OpenFdCount() {
@@ -13,6 +15,14 @@ size_t OpenFdCount() {
   }
   ::closedir(dir);
   return n - 1;  // the directory's own fd
+}
+
+int MappingsOf(const std::string& memfd_name) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  int n = 0;
+  while (std::getline(maps, line)) n += line.find("memfd:" + memfd_name) != std::string::npos;
+  return n;
 }
 
 }  // namespace vfu::testing

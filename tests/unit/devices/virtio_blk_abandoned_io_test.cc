@@ -2,7 +2,6 @@
 // goes on without it, keeps the guest memory it targets mapped until it finishes, and drops its
 // completion instead of writing it into the next driver's rings.
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,6 +15,7 @@
 #include "server/client/virtio_blk_driver.h"
 #include "server/devices/virtio_blk.h"
 #include "server/virtio/virtio_pci.h"
+#include "tests/support/fd_count.h"
 #include "tests/support/server_thread.h"
 
 namespace vfu::testing {
@@ -74,14 +74,6 @@ class HoldingBackend : public block::Backend {
  private:
   std::shared_ptr<Shared> shared_;
 };
-
-int MappingsOf(const std::string& memfd_name) {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  int n = 0;
-  while (std::getline(maps, line)) n += line.find("memfd:" + memfd_name) != std::string::npos;
-  return n;
-}
 
 // Regression: after the 60 s wait of a reset gave up, the abandoned request kept pointers into
 // the driver's memory, which was then unmapped; when the backend finished, the device wrote its

@@ -7,7 +7,6 @@
 
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <set>
 #include <string>
 #include <thread>
@@ -770,14 +769,6 @@ TEST(DeviceReset, ClearsTheScratchRegisterAndConfigSpace) {
 // --- Client EOF -------------------------------------------------------------------------------
 
 // How many mappings of this process come from a memfd with this name.
-int MappingsOf(const std::string& memfd_name) {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  int n = 0;
-  while (std::getline(maps, line)) n += line.find("memfd:" + memfd_name) != std::string::npos;
-  return n;
-}
-
 TEST(ClientEof, ReleasesDmaMapsAndEventfdsButKeepsDeviceState) {
   const size_t at_start = OpenFdCount();
   auto created = SampleDevice::Create();

@@ -1061,33 +1061,53 @@ TEST(HostileFraming, HeaderArrivingInPiecesIsReassembledNotRejected) {
 // A client that floods requests and never reads the replies: the server stops reading once its
 // queued output reaches max_pending_output, so its memory stays bounded, and it catches up (in
 // order) once the client reads.
+// A SampleDevice session on one end of a socketpair and a raw client on the other, past
+// VERSION: for clients that send without reading.
+struct RawClientSession {
+  std::unique_ptr<SampleDevice> device;
+  std::unique_ptr<MessageStream> client;
+  std::unique_ptr<Session> session;
+
+  // False when the socket is full (small messages go whole or not at all).
+  bool SendRaw(const Bytes& msg) {
+    iovec iov{const_cast<uint8_t*>(msg.data()), msg.size()};
+    auto n = client->connection().Send({&iov, 1});
+    if (!n.ok()) {
+      EXPECT_EQ(n.error().code, EAGAIN);
+      return false;
+    }
+    EXPECT_EQ(*n, msg.size());
+    return true;
+  }
+};
+
+void StartRawClientSession(SessionOptions options, RawClientSession* s) {
+  auto created = SampleDevice::Create();
+  ASSERT_TRUE(created.ok());
+  s->device = std::move(*created);
+  auto pair = UnixConnection::Pair();
+  ASSERT_TRUE(pair.ok());
+  s->client = std::make_unique<MessageStream>(std::move(pair->first));
+  s->session =
+      std::make_unique<Session>(std::move(pair->second), s->device.get(), options, LogContext());
+  ASSERT_TRUE(s->SendRaw(BuildMessage(1, Id(Command::kVersion), Version(kQemuVersionJson))));
+  ASSERT_EQ(s->session->OnReadable(), Session::State::kOpen);
+  InboundMessage reply;
+  ASSERT_EQ(*s->client->Read(&reply), ReadStatus::kMessage);
+  ASSERT_FALSE(reply.header.flags & wire::kFlagError);
+}
+
 TEST(HostileSlowReader, ServerStopsReadingWhileRepliesPileUpAndCatchesUpInOrder) {
   const size_t fds_at_start = OpenFdCount();
   {
-    auto created = SampleDevice::Create();
-    ASSERT_TRUE(created.ok());
-    auto pair = UnixConnection::Pair();
-    ASSERT_TRUE(pair.ok());
-    MessageStream client(std::move(pair->first));
     SessionOptions options;
     options.max_pending_output = 64 * 1024;
-    Session session(std::move(pair->second), created->get(), options, LogContext());
-
-    auto send_raw = [&](const Bytes& msg) -> bool {  // false when the socket is full
-      iovec iov{const_cast<uint8_t*>(msg.data()), msg.size()};
-      auto n = client.connection().Send({&iov, 1});
-      if (!n.ok()) {
-        EXPECT_EQ(n.error().code, EAGAIN);
-        return false;
-      }
-      EXPECT_EQ(*n, msg.size());  // small messages go whole or not at all
-      return true;
-    };
-    ASSERT_TRUE(send_raw(BuildMessage(1, Id(Command::kVersion), Version(kQemuVersionJson))));
-    ASSERT_EQ(session.OnReadable(), Session::State::kOpen);
+    RawClientSession raw;
+    ASSERT_NO_FATAL_FAILURE(StartRawClientSession(options, &raw));
+    Session& session = *raw.session;
+    MessageStream& client = *raw.client;
+    auto send_raw = [&](const Bytes& msg) { return raw.SendRaw(msg); };
     InboundMessage reply;
-    ASSERT_EQ(*client.Read(&reply), ReadStatus::kMessage);
-    ASSERT_FALSE(reply.header.flags & wire::kFlagError);
 
     // Serves the way the endpoint does: read while the socket is readable and reading is not
     // paused, flush when replies are queued.
@@ -1160,22 +1180,11 @@ TEST(HostileSlowReader, ServerStopsReadingWhileRepliesPileUpAndCatchesUpInOrder)
 TEST(HostileSlowReader, QueuedRepliesHoldABoundedNumberOfFds) {
   const size_t fds_at_start = OpenFdCount();
   {
-    auto created = SampleDevice::Create();
-    ASSERT_TRUE(created.ok());
-    auto pair = UnixConnection::Pair();
-    ASSERT_TRUE(pair.ok());
-    MessageStream client(std::move(pair->first));
     SessionOptions options;  // defaults: 4 MiB of queued bytes would allow ~50000 such replies
-    Session session(std::move(pair->second), created->get(), options, LogContext());
-    auto send_raw = [&](const Bytes& msg) {
-      iovec iov{const_cast<uint8_t*>(msg.data()), msg.size()};
-      auto n = client.connection().Send({&iov, 1});
-      return n.ok() && *n == msg.size();
-    };
-    ASSERT_TRUE(send_raw(BuildMessage(1, Id(Command::kVersion), Version(kQemuVersionJson))));
-    ASSERT_EQ(session.OnReadable(), Session::State::kOpen);
-    InboundMessage reply;
-    ASSERT_EQ(*client.Read(&reply), ReadStatus::kMessage);
+    RawClientSession raw;
+    ASSERT_NO_FATAL_FAILURE(StartRawClientSession(options, &raw));
+    Session& session = *raw.session;
+    auto send_raw = [&](const Bytes& msg) { return raw.SendRaw(msg); };
 
     // REGION_INFO of BAR2 (the mmappable one) until the server pauses or 20000 were sent.
     uint16_t sent = 0;
