@@ -70,7 +70,12 @@ VirtioBlkDevice::VirtioBlkDevice(std::unique_ptr<block::Backend> backend, Virtio
   interrupt_pending_.assign(options_.num_queues, false);
 }
 
-VirtioBlkDevice::~VirtioBlkDevice() { WaitForInflight(); }
+VirtioBlkDevice::~VirtioBlkDevice() {
+  WaitForInflight();
+  // The backend finishes (or cancels) what it still holds before retained guest memory is
+  // unmapped with the members.
+  backend_.reset();
+}
 
 uint64_t VirtioBlkDevice::device_features() const {
   uint64_t f = kBlkFeatureSegMax | kBlkFeatureBlkSize | kBlkFeatureFlush | kBlkFeatureDiscard |
@@ -107,24 +112,15 @@ void VirtioBlkDevice::Reset() {
 }
 
 void VirtioBlkDevice::WaitForInflight() {
+  // Abandoned requests are not waited for again: they already had their timeout.
   auto deadline = std::chrono::steady_clock::now() + options_.inflight_timeout;
-  while (inflight_count_ > 0) {
+  while (inflight_count_ > abandoned_count_) {
     completions_.clear();
     backend_->Reap(&completions_);
-    for (const block::Completion& c : completions_) {
-      Inflight& s = slots_[c.tag];
-      if (s.abandoned) {
-        ReleaseAbandoned(s, c.tag);
-        continue;
-      }
-      s.used = false;
-      s.data.clear();
-      free_slots_.push_back(static_cast<int>(c.tag));
-      --inflight_count_;
-    }
-    if (inflight_count_ == 0) break;
+    for (const block::Completion& c : completions_) FreeSlot(slots_[c.tag], c.tag);
+    if (inflight_count_ == abandoned_count_) break;
     if (std::chrono::steady_clock::now() > deadline) {
-      AbandonInflight("a reset or detach");
+      RetainMemoryForInflight(/*abandon=*/true, "a reset or detach");
       break;
     }
     if (backend_->event_fd() >= 0) {
@@ -136,44 +132,64 @@ void VirtioBlkDevice::WaitForInflight() {
   }
 }
 
-void VirtioBlkDevice::AbandonInflight(const char* waiting_for) {
-  size_t newly = 0;
+void VirtioBlkDevice::RetainMemoryForInflight(bool abandon, const char* waiting_for) {
+  size_t newly_pinned = 0;
+  size_t newly_abandoned = 0;
   for (Inflight& s : slots_) {
-    if (s.used && !s.abandoned) {
+    if (!s.used) continue;
+    if (abandon && !s.abandoned) {
       s.abandoned = true;
-      ++newly;
+      ++newly_abandoned;
+    }
+    if (!s.pins_memory) {
+      s.pins_memory = true;
+      ++newly_pinned;
     }
   }
-  if (newly == 0) return;
-  abandoned_count_ += newly;
-  if (context_ != nullptr && context_->memory() != nullptr) {
+  abandoned_count_ += newly_abandoned;
+  pinned_count_ += newly_pinned;
+  if (newly_pinned > 0 && context_ != nullptr && context_->memory() != nullptr) {
     if (auto kept = context_->memory()->Retain()) retained_memory_.push_back(std::move(kept));
   }
   Log::Write(LogLevel::kError,
-             "virtio-blk: in-flight I/O did not finish in time; going on without it (its "
-             "completions will be dropped, its guest memory stays mapped until then)",
+             "virtio-blk: in-flight I/O did not finish in time; going on without it (guest "
+             "memory stays mapped until it finishes)",
              {{"waiting_for", waiting_for},
-              {"abandoned", std::to_string(newly)},
+              {"inflight", std::to_string(inflight_count_)},
+              {"abandoned", std::to_string(newly_abandoned)},
               {"timeout_ms", std::to_string(options_.inflight_timeout.count())}});
 }
 
-void VirtioBlkDevice::ReleaseAbandoned(Inflight& s, uint64_t tag) {
+void VirtioBlkDevice::FreeSlot(Inflight& s, uint64_t tag) {
+  if (s.abandoned) --abandoned_count_;
+  if (s.pins_memory && --pinned_count_ == 0 && !retained_memory_.empty()) {
+    retained_memory_.clear();
+    Log::Write(LogLevel::kInfo, "virtio-blk: late I/O finished; retained guest memory released",
+               {});
+  }
   s.used = false;
   s.abandoned = false;
+  s.pins_memory = false;
   s.data.clear();
   free_slots_.push_back(static_cast<int>(tag));
   --inflight_count_;
-  if (--abandoned_count_ == 0) {
-    retained_memory_.clear();
-    Log::Write(LogLevel::kInfo, "virtio-blk: abandoned I/O finished; guest memory released", {});
-  }
+}
+
+PollResult VirtioBlkDevice::ProcessInactive() {
+  // No driver: what finishes now was abandoned by the reset or detach that ended the last one.
+  if (context_ != nullptr || inflight_count_ == 0) return PollResult::kIdle;
+  completions_.clear();
+  size_t n = backend_->Reap(&completions_);
+  for (const block::Completion& c : completions_) FreeSlot(slots_[c.tag], c.tag);
+  return n > 0 ? PollResult::kBusy : PollResult::kIdle;
 }
 
 void VirtioBlkDevice::DrainInflight() {
   auto deadline = std::chrono::steady_clock::now() + options_.inflight_timeout;
   while (inflight_count_ > abandoned_count_ && context_ != nullptr) {
     if (std::chrono::steady_clock::now() > deadline) {
-      AbandonInflight("a DMA unmap");
+      // The driver stays: its requests still complete to it when they finish.
+      RetainMemoryForInflight(/*abandon=*/false, "a DMA unmap");
       break;
     }
     if (ReapCompletions() == 0) {
@@ -456,7 +472,7 @@ size_t VirtioBlkDevice::ReapCompletions() {
   for (const block::Completion& c : completions_) {
     Inflight& s = slots_[c.tag];
     if (s.abandoned) {
-      ReleaseAbandoned(s, c.tag);
+      FreeSlot(s, c.tag);
       continue;
     }
     bool ok = c.result == 0;
@@ -490,10 +506,7 @@ size_t VirtioBlkDevice::ReapCompletions() {
       }
     }
     Complete(s.queue, s.head, s.status, ok ? kBlkStatusOk : kBlkStatusIoErr, ok ? s.written : 1);
-    s.used = false;
-    s.data.clear();
-    free_slots_.push_back(static_cast<int>(c.tag));
-    --inflight_count_;
+    FreeSlot(s, c.tag);
   }
   return n;
 }

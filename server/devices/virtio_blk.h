@@ -92,7 +92,7 @@ struct VirtioBlkOptions {
   std::string serial = "vfu-disk";
   uint32_t seg_max = 254;
   // How long a reset, a detach or a DMA unmap waits for in-flight I/O (whose buffers are guest
-  // memory) before it goes on without it; see VirtioBlkDevice::AbandonInflight.
+  // memory) before it goes on without it; see VirtioBlkDevice::RetainMemoryForInflight.
   std::chrono::milliseconds inflight_timeout{60'000};
 };
 
@@ -123,6 +123,7 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
   void Reset() override;
   PollResult Process() override;
   void DrainInflight() override;
+  PollResult ProcessInactive() override;
   size_t inflight() const override { return inflight_count_; }
   int event_fd() const override { return backend_->event_fd(); }
   std::string health_error() const override;
@@ -141,17 +142,19 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
     uint32_t type = 0;
     uint64_t bytes = 0;
     uint64_t started_ns = 0;
-    std::vector<iovec> data;  // the guest buffers the backend reads or writes
-    bool abandoned = false;   // given up on by a reset/unmap: its completion is dropped
+    std::vector<iovec> data;   // the guest buffers the backend reads or writes
+    bool abandoned = false;    // given up on by a reset or detach: its completion is dropped
+    bool pins_memory = false;  // the guest memory retained for late I/O waits for it
   };
 
-  // After a wait for in-flight I/O timed out: the driver (or its memory) is going away while
-  // the backend still holds guest buffers. Marks those requests abandoned (their completions
-  // are dropped, never written to the driver's new rings or through their stale status
-  // pointers) and keeps the guest memory they target mapped until they have all completed.
-  void AbandonInflight(const char* waiting_for);
-  // Frees an abandoned request's slot once the backend has finished with it.
-  void ReleaseAbandoned(Inflight& s, uint64_t tag);
+  // After a wait for in-flight I/O timed out, while the backend still holds guest buffers:
+  // keeps the guest memory mapped now in place until every request in flight has finished, so
+  // that late I/O never lands in unmapped memory. With `abandon` (a reset or detach: the driver
+  // is gone) those requests are also marked abandoned: their completions are dropped, never
+  // written into the next driver's rings or through their stale status pointers.
+  void RetainMemoryForInflight(bool abandon, const char* waiting_for);
+  // Returns a finished request's slot (and its share of retained memory).
+  void FreeSlot(Inflight& s, uint64_t tag);
 
   // Takes what the queue offers, up to a budget. Returns the number of requests started.
   size_t DrainQueue(uint16_t index);
@@ -175,7 +178,9 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
   std::vector<int> free_slots_;
   size_t inflight_count_ = 0;  // slots in use, abandoned ones included
   size_t abandoned_count_ = 0;
-  // Guest memory kept mapped for abandoned requests (GuestMemory::Retain handles).
+  size_t pinned_count_ = 0;  // slots with pins_memory
+  // Guest memory kept mapped for late I/O (GuestMemory::Retain handles), until pinned_count_
+  // drops to 0.
   std::vector<std::shared_ptr<const void>> retained_memory_;
   std::vector<block::Completion> completions_;
   std::vector<bool> interrupt_pending_;

@@ -57,9 +57,12 @@ Status IrqTable::Apply(const proto::SetIrqsRequest& request, std::vector<UniqueF
     if (!(idx.desc.flags & wire::kIrqInfoEventfd)) {
       return MakeError(EINVAL, "SET_IRQS eventfd on an index without eventfd support");
     }
-    // All of them are checked before any is taken: a bad one changes nothing.
+    // All of them are checked before any is changed or taken: a bad one changes nothing.
     for (size_t i = 0; i < fds.size(); ++i) {
-      VFU_RETURN_IF_ERROR(PrepareTriggerFd(fds[i].get(), s.start + static_cast<uint32_t>(i)));
+      VFU_RETURN_IF_ERROR(CheckIsEventfd(fds[i].get(), s.start + static_cast<uint32_t>(i)));
+    }
+    for (size_t i = 0; i < fds.size(); ++i) {
+      VFU_RETURN_IF_ERROR(MakeNonBlocking(fds[i].get(), s.start + static_cast<uint32_t>(i)));
     }
     for (uint32_t i = 0; i < s.count; ++i) {
       Vector& v = idx.vectors[s.start + i];
@@ -110,9 +113,10 @@ void IrqTable::SetMask(uint32_t index, uint32_t vector, bool masked,
   if (was != v.masked && changes != nullptr) changes->push_back({index, vector, v.masked});
 }
 
-Status IrqTable::PrepareTriggerFd(int fd, uint32_t vector) {
+Status IrqTable::CheckIsEventfd(int fd, uint32_t vector) {
   // Only eventfds: an interrupt is an 8-byte counter write, and any other file (a full pipe, a
-  // FIFO nobody reads) could make that write block the poll thread.
+  // FIFO nobody reads) could make that write block the poll thread. (Without /proc the check
+  // is skipped; MakeNonBlocking still keeps the write from blocking.)
   char target[64] = {};
   const std::string link = "/proc/self/fd/" + std::to_string(fd);
   const ssize_t n = ::readlink(link.c_str(), target, sizeof(target) - 1);
@@ -120,6 +124,10 @@ Status IrqTable::PrepareTriggerFd(int fd, uint32_t vector) {
     return MakeError(EINVAL, "SET_IRQS vector " + std::to_string(vector) +
                                  ": the fd is not an eventfd (" + std::string(target) + ")");
   }
+  return Status::Ok();
+}
+
+Status IrqTable::MakeNonBlocking(int fd, uint32_t vector) {
   // Non-blocking, so that a counter the client filled to its maximum cannot block the write
   // either (the interrupt is then already pending for the client). The flag lives in the open
   // file shared with the client; eventfd readers (QEMU's event notifiers) are non-blocking anyway.

@@ -55,8 +55,9 @@ class IrqTable {
     std::vector<Vector> vectors;
   };
 
-  // Checks that `fd` (for `vector`) is an eventfd and makes it non-blocking.
-  static Status PrepareTriggerFd(int fd, uint32_t vector);
+  // For the eventfd of `vector`: refuses other files; makes it non-blocking.
+  static Status CheckIsEventfd(int fd, uint32_t vector);
+  static Status MakeNonBlocking(int fd, uint32_t vector);
   bool Signal(Vector& v);
   void SetMask(uint32_t index, uint32_t vector, bool masked, std::vector<MaskChange>* changes);
 

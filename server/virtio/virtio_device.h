@@ -72,6 +72,9 @@ class VirtioDevice {
   virtual void DrainInflight() {}
   // Services the queues and completes finished I/O. kBusy when anything happened.
   virtual PollResult Process() = 0;
+  // Between drivers (no context): collects I/O that finishes late, after a reset or detach
+  // stopped waiting for it. kBusy when anything was collected.
+  virtual PollResult ProcessInactive() { return PollResult::kIdle; }
   // True while requests are in flight in the backend (the poller must not sleep unless the
   // backend can wake it: see event_fd()).
   virtual size_t inflight() const = 0;

@@ -466,13 +466,14 @@ GuestMemory* VirtioPciDevice::memory() {
 // --- Poller ---------------------------------------------------------------------------------
 
 PollResult VirtioPciDevice::Poll() {
-  if (!active_) return PollResult::kIdle;
+  if (!active_) return device_->inflight() > 0 ? device_->ProcessInactive() : PollResult::kIdle;
   if (any_stale_) RevalidateStaleQueues();
   return device_->Process();
 }
 
 bool VirtioPciDevice::PrepareToSleep() {
-  if (!active_) return true;
+  // Late completions without a driver are collected by polling unless the backend's fd wakes us.
+  if (!active_) return device_->inflight() == 0 || device_->event_fd() >= 0;
   if (options_.poll_mode == PollMode::kBusy) return false;
   // Completions the backend cannot announce through an fd must be collected by polling.
   if (device_->inflight() > 0 && device_->event_fd() < 0) return false;

@@ -1,6 +1,9 @@
 // virtio-blk when the backend holds a request past the in-flight timeout of a reset: the device
 // goes on without it, keeps the guest memory it targets mapped until it finishes, and drops its
 // completion instead of writing it into the next driver's rings.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -13,6 +16,7 @@
 #include "server/block/backend.h"
 #include "server/client/client.h"
 #include "server/client/virtio_blk_driver.h"
+#include "server/common/unique_fd.h"
 #include "server/devices/virtio_blk.h"
 #include "server/virtio/virtio_pci.h"
 #include "tests/support/fd_count.h"
@@ -34,6 +38,7 @@ class HoldingBackend : public block::Backend {
     std::vector<block::Request> held;
     std::vector<block::Completion> done;
     bool hold = true;
+    UniqueFd event;  // written when requests complete, if the backend announces them
   };
   explicit HoldingBackend(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
   uint64_t size() const override { return 1 << 20; }
@@ -50,6 +55,10 @@ class HoldingBackend : public block::Backend {
   }
   size_t Reap(std::vector<block::Completion>* out) override {
     std::lock_guard lock(shared_->mutex);
+    if (shared_->event.valid()) {
+      uint64_t v;
+      (void)::read(shared_->event.get(), &v, sizeof(v));
+    }
     size_t n = shared_->done.size();
     out->insert(out->end(), shared_->done.begin(), shared_->done.end());
     shared_->done.clear();
@@ -59,7 +68,7 @@ class HoldingBackend : public block::Backend {
     std::lock_guard lock(shared_->mutex);
     return shared_->held.size() + shared_->done.size();
   }
-  int event_fd() const override { return -1; }
+  int event_fd() const override { return shared_->event.valid() ? shared_->event.get() : -1; }
 
   static void ReleaseAll(Shared& shared) {
     std::lock_guard lock(shared.mutex);
@@ -69,6 +78,10 @@ class HoldingBackend : public block::Backend {
     }
     shared.held.clear();
     shared.hold = false;
+    if (shared.event.valid()) {
+      const uint64_t one = 1;
+      (void)::write(shared.event.get(), &one, sizeof(one));
+    }
   }
 
  private:
@@ -78,8 +91,13 @@ class HoldingBackend : public block::Backend {
 // Regression: after the 60 s wait of a reset gave up, the abandoned request kept pointers into
 // the driver's memory, which was then unmapped; when the backend finished, the device wrote its
 // status byte through the stale pointer and pushed its head into the next driver's used ring.
-TEST(VirtioBlkAbandonedIo, ARequestHeldPastTheResetTimeoutIsDroppedAndItsMemoryKeptMapped) {
+// Polled backends (completions collected by polling) and backends with a completion eventfd
+// (io_uring, the thread pool): the device must collect the late completion without a driver.
+class VirtioBlkAbandonedIo : public ::testing::TestWithParam<bool> {};
+
+TEST_P(VirtioBlkAbandonedIo, ARequestHeldPastTheResetTimeoutIsDroppedAndItsMemoryKeptMapped) {
   auto shared = std::make_shared<HoldingBackend::Shared>();
+  if (GetParam()) shared->event = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   devices::VirtioBlkOptions options;
   options.inflight_timeout = milliseconds(100);
   auto blk =
@@ -113,8 +131,14 @@ TEST(VirtioBlkAbandonedIo, ARequestHeldPastTheResetTimeoutIsDroppedAndItsMemoryK
   EXPECT_EQ(MappingsOf("vfu-blk-driver"), mappings_before + 1)
       << "the server should keep the memory of the abandoned read mapped";
 
-  // The I/O lands (in memory that is still mapped) and completes.
+  // The I/O lands (in memory that is still mapped) and completes; with no driver attached, the
+  // device collects it and lets the memory go.
   HoldingBackend::ReleaseAll(*shared);
+  for (int i = 0; i < 5000 && MappingsOf("vfu-blk-driver") != mappings_before; ++i) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  EXPECT_EQ(MappingsOf("vfu-blk-driver"), mappings_before)
+      << "the late completion was not collected while no driver was attached";
 
   auto d2 = client::VirtioBlkDriver::Create(c->get(), {});
   ASSERT_TRUE(d2.ok()) << d2.error().message;
@@ -129,9 +153,14 @@ TEST(VirtioBlkAbandonedIo, ARequestHeldPastTheResetTimeoutIsDroppedAndItsMemoryK
   std::vector<client::BlkCompletion> extra;
   (*d2)->Poll(0, &extra);
   EXPECT_TRUE(extra.empty()) << "a completion of the abandoned request reached the new driver";
-  // Its memory is released once it completed: only the new driver's (client and server) remain.
+  // Only the new driver's memory is mapped (by the client and by the server).
   EXPECT_EQ(MappingsOf("vfu-blk-driver"), mappings_before + 2);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, VirtioBlkAbandonedIo, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& param) {
+                           return param.param ? "WithCompletionEventfd" : "Polled";
+                         });
 
 }  // namespace
 }  // namespace vfu::testing

@@ -768,7 +768,6 @@ TEST(DeviceReset, ClearsTheScratchRegisterAndConfigSpace) {
 
 // --- Client EOF -------------------------------------------------------------------------------
 
-// How many mappings of this process come from a memfd with this name.
 TEST(ClientEof, ReleasesDmaMapsAndEventfdsButKeepsDeviceState) {
   const size_t at_start = OpenFdCount();
   auto created = SampleDevice::Create();

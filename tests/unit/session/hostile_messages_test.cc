@@ -1058,9 +1058,6 @@ TEST(HostileFraming, HeaderArrivingInPiecesIsReassembledNotRejected) {
   EXPECT_FALSE(r->is_error());
 }
 
-// A client that floods requests and never reads the replies: the server stops reading once its
-// queued output reaches max_pending_output, so its memory stays bounded, and it catches up (in
-// order) once the client reads.
 // A SampleDevice session on one end of a socketpair and a raw client on the other, past
 // VERSION: for clients that send without reading.
 struct RawClientSession {
@@ -1097,6 +1094,9 @@ void StartRawClientSession(SessionOptions options, RawClientSession* s) {
   ASSERT_FALSE(reply.header.flags & wire::kFlagError);
 }
 
+// A client that floods requests and never reads the replies: the server stops reading once its
+// queued output reaches max_pending_output, so its memory stays bounded, and it catches up (in
+// order) once the client reads.
 TEST(HostileSlowReader, ServerStopsReadingWhileRepliesPileUpAndCatchesUpInOrder) {
   const size_t fds_at_start = OpenFdCount();
   {
