@@ -199,12 +199,12 @@ Status KubeletRegistrar::Register(const ClassPlugin& p) {
 
 void KubeletRegistrar::Advance(ClassPlugin& p) {
   if (p.registered || Clock::now() < p.next_attempt) return;
-  auto fail = [&](const std::string& what, const std::string& error) {
+  auto fail = [&](const char* result, const std::string& what, const std::string& error) {
     p.failures++;
     auto backoff = options_.initial_backoff * (1 << std::min(p.failures - 1, 16));
     backoff = std::min(backoff, options_.max_backoff);
     p.next_attempt = Clock::now() + backoff;
-    if (metrics_) metrics_->RecordRegistration(p.resource, false);
+    if (metrics_) metrics_->RecordRegistration(p.resource, result);
     // The first failures are expected while a kubelet starts; say more only when it persists.
     Log::Write(p.failures >= 3 ? LogLevel::kWarn : LogLevel::kDebug, what,
                {{"resource", p.resource},
@@ -218,20 +218,20 @@ void KubeletRegistrar::Advance(ClassPlugin& p) {
     p.server = std::make_unique<PluginServer>(o, registry_, metrics_, in_use_);
     if (Status s = p.server->Start(); !s.ok()) {
       p.server.reset();
-      fail("registrar: cannot serve the plugin socket", s.message());
+      fail("socket_error", "registrar: cannot serve the plugin socket", s.message());
       return;
     }
     p.needs_fresh_server = false;
   }
   KubeletSocketId kubelet_socket = CurrentKubeletSocket();
   if (Status s = Register(p); !s.ok()) {
-    fail("registrar: Register with the kubelet failed", s.message());
+    fail("failure", "registrar: Register with the kubelet failed", s.message());
     return;
   }
   p.registered = true;
   p.registered_with = kubelet_socket;
   p.failures = 0;
-  if (metrics_) metrics_->RecordRegistration(p.resource, true);
+  if (metrics_) metrics_->RecordRegistration(p.resource, "success");
   PublishState(p, true);
   Log::Write(LogLevel::kInfo, "registrar: registered with the kubelet",
              {{"resource", p.resource}, {"endpoint", PluginSocketName(p.device_class)}});

@@ -219,7 +219,10 @@ Metrics::Metrics(const DeviceRegistry* registry, const InUseTracker* in_use, Sta
                             .Register(*registry_);
   registrations_ = &prometheus::BuildCounter()
                         .Name("vfio_user_kubelet_registrations_total")
-                        .Help("Register calls to the kubelet, by resource and result.")
+                        .Help(
+                            "Attempts to register with the kubelet, by resource and result: "
+                            "success or failure of the Register call, or socket_error when the "
+                            "plugin could not serve its own socket (no Register call made).")
                         .Register(*registry_);
   registered_ = &prometheus::BuildGauge()
                      .Name("vfio_user_kubelet_registered")
@@ -249,9 +252,8 @@ void Metrics::RecordAllocation(const std::string& resource, const std::string& r
   allocate_duration_->Add({{"resource", resource}}, kBuckets).Observe(seconds);
 }
 
-void Metrics::RecordRegistration(const std::string& resource, bool success) {
-  registrations_->Add({{"resource", resource}, {"result", success ? "success" : "failure"}})
-      .Increment();
+void Metrics::RecordRegistration(const std::string& resource, const std::string& result) {
+  registrations_->Add({{"resource", resource}, {"result", result}}).Increment();
 }
 
 void Metrics::SetKubeletRegistered(const std::string& resource, bool registered) {

@@ -49,7 +49,9 @@ class Metrics {
   // result: "success" or the failure kind ("unknown_device", "unhealthy_device",
   // "invalid_request").
   void RecordAllocation(const std::string& resource, const std::string& result, double seconds);
-  void RecordRegistration(const std::string& resource, bool success);
+  // `result`: "success" or "failure" (a Register call to the kubelet), or "socket_error" (the
+  // plugin could not serve its own socket, so Register was not called).
+  void RecordRegistration(const std::string& resource, const std::string& result);
   void SetKubeletRegistered(const std::string& resource, bool registered);
   // Open ListAndWatch streams from the kubelet (a change of `delta`).
   void AddKubeletStreams(const std::string& resource, int delta);

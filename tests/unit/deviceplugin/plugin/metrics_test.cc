@@ -2,10 +2,13 @@
 // the server's per-device statistics (here from the fake control API; the integration test
 // does the same with real I/O through a real server).
 #include <chrono>
+#include <filesystem>
+#include <optional>
 #include <sstream>
 
 #include <gtest/gtest.h>
 
+#include "deviceplugin/plugin/allocation.h"
 #include "deviceplugin/plugin/device_plugin_app.h"
 #include "server/version.h"
 #include "tests/support/subprocess.h"
@@ -189,6 +192,39 @@ TEST_F(PluginMetrics, EveryFamilyUsesTheProjectPrefixAndCountersEndInTotal) {
       FindSample(m, "vfio_user_device_allocation_info", {{"resource", kBlk}, {"device", "disk1"}}),
       1)
       << m;
+}
+
+// Regression: when the plugin could not serve its own socket, each retry was counted as a
+// failed Register call, though none reached the kubelet.
+TEST(PluginMetricsSocketError, APluginSocketThatCannotBeServedIsNotCountedAsARegisterCall) {
+  TempDir dir;
+  FakeControlServer control(dir.File("control.sock"));
+  FakeKubelet kubelet(dir.File("dp"), dir.File("pr.sock"));
+  control.SetDevices({MakeControlDevice("disk0", "virtio-blk", dir.File("run"))});
+  ASSERT_TRUE(control.Start());
+  ASSERT_TRUE(kubelet.Start());
+  // A directory where the plugin's socket goes: it can neither be removed nor bound.
+  const std::string blocked = dir.File("dp") + "/" + deviceplugin::PluginSocketName("virtio-blk");
+  ASSERT_TRUE(std::filesystem::create_directories(blocked + "/keep"));
+  deviceplugin::PluginConfig c;
+  c.control_socket = dir.File("control.sock");
+  c.kubelet_dir = dir.File("dp");
+  c.pod_resources_socket = dir.File("pr.sock");
+  c.metrics_address = "127.0.0.1:0";
+  deviceplugin::DevicePluginApp plugin(c);
+  Status s = plugin.Start();
+  ASSERT_TRUE(s.ok()) << s.message();
+  auto sample = [&](const char* result) {
+    std::optional<std::string> body = HttpGet(plugin.metrics_port());
+    return body ? FindSample(*body, "vfio_user_kubelet_registrations_total",
+                             {{"resource", kBlk}, {"result", result}})
+                : std::nullopt;
+  };
+  ASSERT_TRUE(WaitUntil([&] { return sample("socket_error").value_or(0) >= 1; }))
+      << "the socket error was never counted";
+  EXPECT_EQ(sample("failure").value_or(0), 0) << "counted as a failed Register call";
+  EXPECT_EQ(kubelet.registrations(kBlk), 0);
+  plugin.Stop();
 }
 
 }  // namespace
