@@ -73,11 +73,11 @@ Status Client::Negotiate() {
         EPROTO, "incompatible server version " + Num(version->major) + "." + Num(version->minor));
   }
   server_caps_ = version->caps;
-  if (server_caps_.max_data_xfer_size && *server_caps_.max_data_xfer_size == 0) {
-    // Region accesses go in chunks of this size: 0 would never make progress.
-    return MakeError(EPROTO, "server announced max_data_xfer_size 0");
-  }
   if (server_caps_.max_data_xfer_size) {
+    // Region accesses go in chunks of this size: 0 would never make progress.
+    if (*server_caps_.max_data_xfer_size == 0) {
+      return MakeError(EPROTO, "server announced max_data_xfer_size 0");
+    }
     max_xfer_ = static_cast<uint32_t>(
         std::min<uint64_t>(*server_caps_.max_data_xfer_size, proto::kMaxDataXferSize));
   }

@@ -115,20 +115,29 @@ void VirtioBlkDevice::WaitForInflight() {
   // Abandoned requests are not waited for again: they already had their timeout.
   auto deadline = std::chrono::steady_clock::now() + options_.inflight_timeout;
   while (inflight_count_ > abandoned_count_) {
-    completions_.clear();
-    backend_->Reap(&completions_);
-    for (const block::Completion& c : completions_) FreeSlot(slots_[c.tag], c.tag);
+    ForgetFinished();
     if (inflight_count_ == abandoned_count_) break;
     if (std::chrono::steady_clock::now() > deadline) {
       RetainMemoryForInflight(/*abandon=*/true, "a reset or detach");
       break;
     }
-    if (backend_->event_fd() >= 0) {
-      pollfd p{backend_->event_fd(), POLLIN, 0};
-      ::poll(&p, 1, 10);
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    WaitForBackend();
+  }
+}
+
+size_t VirtioBlkDevice::ForgetFinished() {
+  completions_.clear();
+  size_t n = backend_->Reap(&completions_);
+  for (const block::Completion& c : completions_) FreeSlot(slots_[c.tag], c.tag);
+  return n;
+}
+
+void VirtioBlkDevice::WaitForBackend() {
+  if (backend_->event_fd() >= 0) {
+    pollfd p{backend_->event_fd(), POLLIN, 0};
+    ::poll(&p, 1, 10);
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 
@@ -178,10 +187,7 @@ void VirtioBlkDevice::FreeSlot(Inflight& s, uint64_t tag) {
 PollResult VirtioBlkDevice::ProcessInactive() {
   // No driver: what finishes now was abandoned by the reset or detach that ended the last one.
   if (context_ != nullptr || inflight_count_ == 0) return PollResult::kIdle;
-  completions_.clear();
-  size_t n = backend_->Reap(&completions_);
-  for (const block::Completion& c : completions_) FreeSlot(slots_[c.tag], c.tag);
-  return n > 0 ? PollResult::kBusy : PollResult::kIdle;
+  return ForgetFinished() > 0 ? PollResult::kBusy : PollResult::kIdle;
 }
 
 void VirtioBlkDevice::DrainInflight() {
@@ -192,14 +198,7 @@ void VirtioBlkDevice::DrainInflight() {
       RetainMemoryForInflight(/*abandon=*/false, "a DMA unmap");
       break;
     }
-    if (ReapCompletions() == 0) {
-      if (backend_->event_fd() >= 0) {
-        pollfd p{backend_->event_fd(), POLLIN, 0};
-        ::poll(&p, 1, 10);
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-    }
+    if (ReapCompletions() == 0) WaitForBackend();
   }
   for (uint16_t q = 0; q < options_.num_queues && context_ != nullptr; ++q) {
     if (interrupt_pending_[q]) {
@@ -213,6 +212,8 @@ int VirtioBlkDevice::AllocateSlot() {
   if (free_slots_.empty()) return -1;
   int slot = free_slots_.back();
   free_slots_.pop_back();
+  slots_[slot].used = true;
+  ++inflight_count_;
   return slot;
 }
 
@@ -443,7 +444,6 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
   // Swap, not move: s.data was cleared when the slot was freed and keeps its capacity, which
   // data_scratch_ reuses for the next request (no allocation per request).
   s.data.swap(data_scratch_);
-  s.used = true;
   s.queue = queue;
   s.head = chain.head;
   s.status = status;
@@ -456,13 +456,9 @@ void VirtioBlkDevice::StartRequest(uint16_t queue, virtio::DescriptorChain& chai
   if (!submitted.ok()) {
     Log::Write(LogLevel::kWarn, "virtio-blk: backend refused a request",
                {{"op", block::OpName(request.op)}, {"error", submitted.message()}});
-    s.used = false;
-    s.data.clear();
-    free_slots_.push_back(slot);
+    FreeSlot(s, static_cast<uint64_t>(slot));
     CompleteNow(queue, chain.head, status, kBlkStatusIoErr, 1);
-    return;
   }
-  ++inflight_count_;
 }
 
 size_t VirtioBlkDevice::ReapCompletions() {

@@ -155,6 +155,11 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
   void RetainMemoryForInflight(bool abandon, const char* waiting_for);
   // Returns a finished request's slot (and its share of retained memory).
   void FreeSlot(Inflight& s, uint64_t tag);
+  // Frees the slots of what the backend finished, without completing anything to a driver
+  // (there is none, or it is being reset). Returns how many.
+  size_t ForgetFinished();
+  // Waits briefly for the backend to finish something (its event fd, or 1 ms).
+  void WaitForBackend();
 
   // Takes what the queue offers, up to a budget. Returns the number of requests started.
   size_t DrainQueue(uint16_t index);
@@ -166,6 +171,7 @@ class VirtioBlkDevice : public virtio::VirtioDevice {
   void CountRequest(uint32_t type, uint8_t status, uint64_t bytes, uint64_t latency_ns);
   size_t ReapCompletions();
   void WaitForInflight();
+  // Takes a free slot (marked used and counted in flight), or -1.
   int AllocateSlot();
 
   std::unique_ptr<block::Backend> backend_;

@@ -466,7 +466,7 @@ GuestMemory* VirtioPciDevice::memory() {
 // --- Poller ---------------------------------------------------------------------------------
 
 PollResult VirtioPciDevice::Poll() {
-  if (!active_) return device_->inflight() > 0 ? device_->ProcessInactive() : PollResult::kIdle;
+  if (!active_) return device_->ProcessInactive();
   if (any_stale_) RevalidateStaleQueues();
   return device_->Process();
 }

@@ -77,16 +77,14 @@ inline uint8_t* WriteReadHeader(const BareRingSetup& setup, uint32_t slot, uint6
   return buffer;
 }
 
-// The device's side of one request, common to both virtio formats: read the header, copy the
+// The device's side of one request, common to every virtio-format loop: read the header, copy the
 // block (RAM disk), write the status byte.
-inline void ServeBlkRead(const BareRingSetup& setup, const uint8_t* header_at, uint8_t* data_at,
+inline void ServeBlkRead(const uint8_t* disk, const uint8_t* header_at, uint8_t* data_at,
                          uint32_t data_len, uint8_t* status_at) {
   uint64_t header[2];
   std::memcpy(header, header_at, sizeof(header));
   asm volatile("" : : "r"(header) : "memory");
-  if (setup.disk != nullptr) {
-    std::memcpy(data_at, setup.disk + header[1] * kBareSectorBytes, data_len);
-  }
+  if (disk != nullptr) std::memcpy(data_at, disk + header[1] * kBareSectorBytes, data_len);
   *status_at = 0;  // VIRTIO_BLK_S_OK
 }
 
@@ -203,7 +201,7 @@ class BareSplitRing {
         const Desc header = desc_[head];
         const Desc data = desc_[header.next];
         const Desc status = desc_[data.next];
-        ServeBlkRead(setup_, Host(header.addr), Host(data.addr), data.len, Host(status.addr));
+        ServeBlkRead(setup_.disk, Host(header.addr), Host(data.addr), data.len, Host(status.addr));
         used_ring_[used % kSize] = UsedElem{head, data.len + 1};
         ++used;
         if (!kPublishPerBatch) used_idx_.store(used, std::memory_order_release);
@@ -288,7 +286,7 @@ class BarePackedRing {
         next = Advance(next);
         const uint64_t status_addr = ring_[next.index].addr;
         next = Advance(next);
-        ServeBlkRead(setup_, Host(header_addr), Host(data_addr), data_len, Host(status_addr));
+        ServeBlkRead(setup_.disk, Host(header_addr), Host(data_addr), data_len, Host(status_addr));
         Desc& out = ring_[used.index];
         out.id = id;
         out.len = data_len + 1;

@@ -519,11 +519,7 @@ class BareVirtqueue {
         std::memcpy(&d[0], v_.desc + 16 * head, 16);
         std::memcpy(&d[1], v_.desc + 16 * d[0].next, 16);
         std::memcpy(&d[2], v_.desc + 16 * d[1].next, 16);
-        uint64_t header[2];
-        std::memcpy(header, Host(d[0].addr), sizeof(header));
-        benchmark::DoNotOptimize(header);
-        if (disk_ != nullptr) std::memcpy(Host(d[1].addr), disk_ + header[1] * 512, d[1].len);
-        *Host(d[2].addr) = 0;  // VIRTIO_BLK_S_OK
+        bench::ServeBlkRead(disk_, Host(d[0].addr), Host(d[1].addr), d[1].len, Host(d[2].addr));
         uint8_t* elem = v_.used + 4 + 8 * (used_idx_ & mask);
         const uint32_t id = head, len = d[1].len + 1;
         std::memcpy(elem, &id, 4);
