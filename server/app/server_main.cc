@@ -2,6 +2,7 @@
 //
 //   vfio-user-server --config /etc/vfio-user/server.yaml
 //   vfio-user-server --device virtio-blk,id=disk0,socket=/run/vfu/disk0.sock,backend=ram,size=64M
+//   vfio-user-server --device sample,id=s0,socket=/run/vfu/s0.sock,owner=107:107,mode=0660
 //
 // Devices run on poll threads (settings.pollThreads; one by default), each a Reactor, managed by
 // a DeviceManager; the control API (gRPC, server/control/control.proto) serves their status and
@@ -102,7 +103,9 @@ int Main(int argc, char** argv) {
                      classes +
                      ". virtio-blk keys: backend=file|ram|null, path=, size=, queues=, "
                      "queue-size=, poll=busy|adaptive|interrupt, readonly=on, serial=, "
-                     "aio=auto|io_uring|threads");
+                     "aio=auto|io_uring|threads. Every class: owner=UID:GID and mode=OCTAL "
+                     "(default 0660) of the socket file, like socketOwner in a --config file "
+                     "(the socket's directory is left as it is)");
   app.add_option("--control-socket", control_socket,
                  "serve the control API (gRPC) on this unix socket; default with --config: "
                  "settings.controlSocket, with --device: none");
@@ -151,20 +154,24 @@ int Main(int argc, char** argv) {
       return 2;
     }
     for (const std::string& text : device_texts) {
-      auto spec = devices::ParseDeviceSpec(text);
-      if (!spec) {
+      auto quick = config::ParseQuickDevice(text);
+      if (!quick) {
         std::fprintf(stderr, "error: invalid --device '%s': %s\n", text.c_str(),
-                     spec.error().message.c_str());
+                     quick.error().message.c_str());
         return 2;
       }
       for (const auto& other : plans) {
-        if (other.spec.id == spec->id || other.spec.socket == spec->socket) {
+        if (other.spec.id == quick->spec.id || other.spec.socket == quick->spec.socket) {
           std::fprintf(stderr, "error: duplicate device id or socket in '%s'\n", text.c_str());
           return 2;
         }
       }
       service::DevicePlan plan;
-      plan.spec = std::move(*spec);
+      plan.spec = std::move(quick->spec);
+      if (const auto& o = quick->socket_owner) {
+        // The socket alone: the quick form's socket directory may hold other sockets.
+        plan.owner = service::SocketOwnership{o->uid, o->gid, o->mode, /*directory=*/false};
+      }
       // Spread quick-form devices over the poll threads.
       plan.poll_thread = static_cast<unsigned>(plans.size() % poll_threads);
       plans.push_back(std::move(plan));

@@ -2,7 +2,9 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -382,6 +384,68 @@ Result<std::vector<int>> ParseCpuList(const std::string& text) {
   return MakeError(EINVAL, "'" + text +
                                "' is not a CPU list like \"2\", \"0-3\" or \"1,5-6\" (CPUs below " +
                                std::to_string(kMaxCpus) + ")");
+}
+
+namespace {
+
+// A uid or gid of owner=: 0 to 4294967294 (-1 means "unchanged" to chown).
+bool ParseOwnerId(const std::string& text, uint32_t* out) {
+  if (text.empty() || text.size() > 10 || !std::all_of(text.begin(), text.end(), [](char c) {
+        return std::isdigit(static_cast<unsigned char>(c));
+      })) {
+    return false;
+  }
+  uint64_t value = std::stoull(text);
+  if (value > 0xfffffffeu) return false;
+  *out = static_cast<uint32_t>(value);
+  return true;
+}
+
+}  // namespace
+
+Result<QuickDevice> ParseQuickDevice(const std::string& text) {
+  auto spec = devices::ParseDeviceSpec(text);
+  if (!spec) return spec.error();
+  QuickDevice quick;
+  quick.spec = std::move(*spec);
+  auto& params = quick.spec.params;
+  auto owner = params.find("owner");
+  auto mode = params.find("mode");
+  if (owner == params.end() && mode == params.end()) return quick;
+  SocketOwner socket_owner;  // mode 0660 unless mode= says otherwise
+  socket_owner.uid = kUnchangedUid;
+  socket_owner.gid = kUnchangedGid;
+  if (owner != params.end()) {
+    const std::string& value = owner->second;
+    size_t colon = value.find(':');
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+    if (colon == std::string::npos || !ParseOwnerId(value.substr(0, colon), &uid) ||
+        !ParseOwnerId(value.substr(colon + 1), &gid)) {
+      return MakeError(EINVAL, "owner=" + value +
+                                   " must be UID:GID, two numbers from 0 to 4294967294 "
+                                   "(like owner=107:107)");
+    }
+    socket_owner.uid = static_cast<uid_t>(uid);
+    socket_owner.gid = static_cast<gid_t>(gid);
+    params.erase(owner);
+  }
+  if (mode != params.end()) {
+    const std::string& value = mode->second;
+    bool octal =
+        !value.empty() && value.size() <= 4 &&
+        std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '7'; });
+    unsigned long bits = octal ? std::strtoul(value.c_str(), nullptr, 8) : 0;
+    if (!octal || bits > 0777) {
+      return MakeError(EINVAL, "mode=" + value +
+                                   " must be the socket's permission bits in octal, from 0000 to "
+                                   "0777 (like mode=0660)");
+    }
+    socket_owner.mode = static_cast<mode_t>(bits);
+    params.erase(mode);
+  }
+  quick.socket_owner = socket_owner;
+  return quick;
 }
 
 Result<ServerConfig> LoadServerConfig(const std::string& path) {

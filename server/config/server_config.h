@@ -80,4 +80,22 @@ Result<std::vector<int>> ParseCpuList(const std::string& text);
 // The socket path of a device: <socket_root>/<id>/vfio-user.sock.
 std::string DeviceSocketPath(const Settings& settings, const std::string& id);
 
+// uid/gid of a SocketOwner that leaves the socket's owner or group as the server made it.
+inline constexpr uid_t kUnchangedUid = static_cast<uid_t>(-1);
+inline constexpr gid_t kUnchangedGid = static_cast<gid_t>(-1);
+
+// One `--device CLASS,id=ID,socket=PATH[,key=value...]` of the quick command line form. Besides
+// the class options (the device factory checks those) it takes what socketOwner gives in a file:
+//   owner=UID:GID   numbers, e.g. owner=107:107 (QEMU's user in KubeVirt's virt-launcher)
+//   mode=OCTAL      the socket's permission bits, e.g. mode=0660
+// owner= alone gives mode 0660 (socketOwner's default); mode= alone keeps the owner the server's
+// (kUnchangedUid/kUnchangedGid). Only the socket gets them: unlike a config-file device, the
+// quick form leaves the socket's directory as it is (it may hold other sockets), so the owner
+// must be allowed into that directory already.
+struct QuickDevice {
+  devices::DeviceSpec spec;                 // without owner= and mode=
+  std::optional<SocketOwner> socket_owner;  // set when owner= or mode= is given
+};
+Result<QuickDevice> ParseQuickDevice(const std::string& text);
+
 }  // namespace vfu::config

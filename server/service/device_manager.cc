@@ -143,7 +143,7 @@ bool DeviceManager::RunOn(unsigned thread, std::function<void()> task) {
 
 Status DeviceManager::StartDevice(const std::shared_ptr<Managed>& m) {
   const DevicePlan& plan = m->plan;
-  if (plan.owner) {
+  if (plan.owner && plan.owner->directory) {
     VFU_RETURN_IF_ERROR(PrepareSocketDirectory(plan.spec.socket, *plan.owner));
   } else {
     VFU_RETURN_IF_ERROR(CreateParentDirectories(plan.spec.socket));
@@ -183,7 +183,8 @@ bool DeviceManager::StopIfIdle(const std::shared_ptr<Managed>& m) {
     if (m->endpoint) m->endpoint->Stop();
     m->endpoint.reset();
     m->device.reset();
-    if (m->plan.owner) ::rmdir(ParentDirectory(m->plan.spec.socket).c_str());
+    if (m->plan.owner && m->plan.owner->directory)
+      ::rmdir(ParentDirectory(m->plan.spec.socket).c_str());
     *stopped = true;
   });
   return ran && *stopped;
@@ -526,7 +527,8 @@ void DeviceManager::Shutdown() {
   }
   for (auto& [id, m] : devices) {
     m->device.reset();
-    if (m->plan.owner) ::rmdir(ParentDirectory(m->plan.spec.socket).c_str());
+    if (m->plan.owner && m->plan.owner->directory)
+      ::rmdir(ParentDirectory(m->plan.spec.socket).c_str());
   }
   std::lock_guard<std::mutex> lock(mutex_);
   stopped_ = true;

@@ -40,9 +40,13 @@ class VfioDevice;
 namespace vfu::service {
 
 struct SocketOwnership {
-  uid_t uid = 107;
+  uid_t uid = 107;  // (uid_t)-1 / (gid_t)-1: left as the server made it
   gid_t gid = 107;
   mode_t mode = 0660;
+  // true (a config-file device): the socket's own directory is made 0750 for this owner and
+  // removed with the device. false (--device owner=/mode=): the socket alone; the directory,
+  // which may hold other sockets, is left as it is.
+  bool directory = true;
   bool operator==(const SocketOwnership&) const = default;
 };
 
@@ -50,7 +54,8 @@ struct SocketOwnership {
 struct DevicePlan {
   devices::DeviceSpec spec;
   unsigned poll_thread = 0;
-  // Set for config-file devices: the socket's directory is created with this owner.
+  // Set for config-file devices (socket and its directory) and for --device with owner= or
+  // mode= (the socket alone, see SocketOwnership::directory).
   std::optional<SocketOwnership> owner;
   bool operator==(const DevicePlan& other) const {
     return spec.device_class == other.spec.device_class && spec.id == other.spec.id &&

@@ -50,6 +50,42 @@ TEST(ServerBinary, MalformedDeviceSpecIsReportedAndNothingStarts) {
   EXPECT_FALSE(std::filesystem::exists(sock));
 }
 
+// The quick form's owner=/mode= (libvirt runs QEMU as its own user, not root).
+TEST(ServerBinary, QuickFormOwnerAndModeApplyToTheSocket) {
+  TempDir dir;
+  std::string sock = dir.File("s.sock");
+  Subprocess server(VFU_SERVER_BINARY,
+                    {"--device", "virtio-blk,id=s,socket=" + sock +
+                                     ",backend=ram,size=1M,owner=107:108,mode=0640"});
+  ASSERT_TRUE(server.Start());
+  ASSERT_TRUE(server.WaitForOutput("vfio-user-server ready", seconds(10))) << server.Output();
+  struct stat st {};
+  ASSERT_EQ(::stat(sock.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  EXPECT_EQ(st.st_uid, 107u);
+  EXPECT_EQ(st.st_gid, 108u);
+  auto c = client::Client::Connect(sock);
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  server.Signal(SIGTERM);
+  auto code = server.Wait(seconds(10));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0) << server.Output();
+  EXPECT_FALSE(std::filesystem::exists(sock));
+  EXPECT_TRUE(std::filesystem::exists(dir.path())) << "the socket's directory was removed";
+}
+
+TEST(ServerBinary, QuickFormBadOwnerIsReportedAndNothingStarts) {
+  TempDir dir;
+  std::string sock = dir.File("s.sock");
+  auto [code, out] = RunToCompletion(VFU_SERVER_BINARY,
+                                     {"--device", "sample,id=s,socket=" + sock + ",owner=qemu"});
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("invalid --device"), std::string::npos) << out;
+  EXPECT_NE(out.find("owner=qemu must be UID:GID"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(sock));
+}
+
 TEST(ServerBinary, UnknownDeviceClassNamesTheKnownOnes) {
   TempDir dir;
   auto [code, out] =

@@ -1,8 +1,12 @@
 // The configuration file: a valid document gives devices exactly as the command line would;
-// every invalid field gives an error naming the file, the line and what is wrong.
+// every invalid field gives an error naming the file, the line and what is wrong. The quick
+// --device form's socket owner and mode (owner=UID:GID,mode=OCTAL) are checked the same way.
 #include "server/config/server_config.h"
 
 #include <gtest/gtest.h>
+
+#include <map>
+#include <string>
 
 namespace vfu::config {
 namespace {
@@ -204,6 +208,83 @@ TEST(ServerConfig, PollThreadCpusPinEachThread) {
   EXPECT_EQ(cfg->settings.poll_thread_cpus[0], std::vector<int>{0});
   EXPECT_EQ(cfg->settings.poll_thread_cpus[1], (std::vector<int>{1, 4, 5, 6}));
 }
+
+// --device owner=UID:GID,mode=OCTAL: the socket's owner and mode, as socketOwner in a file.
+TEST(QuickDevice, OwnerAndModeBecomeTheSocketOwnerAndLeaveTheClassOptions) {
+  auto q = ParseQuickDevice(
+      "virtio-blk,id=d0,socket=/run/vfu/d0.sock,backend=ram,size=1M,owner=64055:994,mode=0640");
+  ASSERT_TRUE(q.ok()) << q.error().message;
+  EXPECT_EQ(q->spec.device_class, "virtio-blk");
+  EXPECT_EQ(q->spec.id, "d0");
+  EXPECT_EQ(q->spec.socket, "/run/vfu/d0.sock");
+  EXPECT_EQ(q->spec.params,
+            (std::map<std::string, std::string>{{"backend", "ram"}, {"size", "1M"}}));
+  ASSERT_TRUE(q->socket_owner.has_value());
+  EXPECT_EQ(q->socket_owner->uid, 64055u);
+  EXPECT_EQ(q->socket_owner->gid, 994u);
+  EXPECT_EQ(q->socket_owner->mode, 0640u);
+}
+
+TEST(QuickDevice, WithoutOwnerOrModeTheSocketKeepsTheServersDefaults) {
+  auto q = ParseQuickDevice("sample,id=s,socket=/run/vfu/s.sock");
+  ASSERT_TRUE(q.ok()) << q.error().message;
+  EXPECT_FALSE(q->socket_owner.has_value());
+  EXPECT_TRUE(q->spec.params.empty());
+}
+
+TEST(QuickDevice, OwnerAloneGivesMode0660AndModeAloneKeepsTheOwner) {
+  auto owner_only = ParseQuickDevice("sample,id=s,socket=/s.sock,owner=0:0");
+  ASSERT_TRUE(owner_only.ok()) << owner_only.error().message;
+  ASSERT_TRUE(owner_only->socket_owner.has_value());
+  EXPECT_EQ(owner_only->socket_owner->uid, 0u);
+  EXPECT_EQ(owner_only->socket_owner->gid, 0u);
+  EXPECT_EQ(owner_only->socket_owner->mode, 0660u);
+  auto mode_only = ParseQuickDevice("sample,id=s,socket=/s.sock,mode=666");
+  ASSERT_TRUE(mode_only.ok()) << mode_only.error().message;
+  ASSERT_TRUE(mode_only->socket_owner.has_value());
+  EXPECT_EQ(mode_only->socket_owner->uid, kUnchangedUid);
+  EXPECT_EQ(mode_only->socket_owner->gid, kUnchangedGid);
+  EXPECT_EQ(mode_only->socket_owner->mode, 0666u);
+  EXPECT_TRUE(mode_only->spec.params.empty());
+}
+
+struct QuickBadCase {
+  const char* name;
+  std::string text;
+  std::string error;
+};
+
+class QuickDeviceErrors : public ::testing::TestWithParam<QuickBadCase> {};
+
+TEST_P(QuickDeviceErrors, NameTheKeyAndTheExpectedForm) {
+  auto q = ParseQuickDevice(GetParam().text);
+  ASSERT_FALSE(q.ok()) << GetParam().text;
+  EXPECT_NE(q.error().message.find(GetParam().error), std::string::npos) << q.error().message;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, QuickDeviceErrors,
+    ::testing::Values(
+        QuickBadCase{"OwnerWithoutGid", "sample,id=s,socket=/s,owner=107",
+                     "owner=107 must be UID:GID, two numbers from 0 to 4294967294"},
+        QuickBadCase{"OwnerByName", "sample,id=s,socket=/s,owner=libvirt-qemu:kvm",
+                     "owner=libvirt-qemu:kvm must be UID:GID"},
+        QuickBadCase{"NegativeUid", "sample,id=s,socket=/s,owner=-1:0",
+                     "owner=-1:0 must be UID:GID"},
+        QuickBadCase{"EmptyGid", "sample,id=s,socket=/s,owner=107:", "owner=107: must be UID:GID"},
+        QuickBadCase{"UidTooLarge", "sample,id=s,socket=/s,owner=4294967295:0",
+                     "owner=4294967295:0 must be UID:GID"},
+        QuickBadCase{"ThreeParts", "sample,id=s,socket=/s,owner=1:2:3",
+                     "owner=1:2:3 must be UID:GID"},
+        QuickBadCase{"ModeNotOctal", "sample,id=s,socket=/s,owner=1:2,mode=0999",
+                     "mode=0999 must be the socket's permission bits in octal"},
+        QuickBadCase{"ModeTooLarge", "sample,id=s,socket=/s,mode=1777", "mode=1777 must be"},
+        QuickBadCase{"ModeEmpty", "sample,id=s,socket=/s,mode=", "mode= must be"},
+        QuickBadCase{"ModeSymbolic", "sample,id=s,socket=/s,mode=rw", "mode=rw must be"},
+        QuickBadCase{"OwnerTwice", "sample,id=s,socket=/s,owner=1:1,owner=2:2",
+                     "key 'owner' given twice"},
+        QuickBadCase{"NoSocket", "sample,id=s,owner=1:1", "has no socket="}),
+    [](const ::testing::TestParamInfo<QuickBadCase>& p) { return p.param.name; });
 
 TEST(ServerConfig, MissingFileIsAClearError) {
   auto cfg = LoadServerConfig("/nonexistent/vfu.yaml");

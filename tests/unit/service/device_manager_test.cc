@@ -107,6 +107,30 @@ TEST_F(DeviceManagerTest, QuickFormDeviceGetsTheParentDirectoriesOfItsSocket) {
   EXPECT_TRUE(client::Client::Connect(p.spec.socket).ok());
 }
 
+// --device ...,owner=UID:GID,mode=OCTAL: the socket gets them; its directory, which the quick
+// form may share with other sockets, keeps its mode and is not removed with the device.
+TEST_F(DeviceManagerTest, QuickFormOwnerAppliesToTheSocketAloneNotItsDirectory) {
+  DeviceManager m(FastOptions());
+  const std::string shared = dir_.File("shared");
+  ASSERT_EQ(::mkdir(shared.c_str(), 0755), 0);
+  DevicePlan p = Plan("a");
+  p.spec.socket = shared + "/a.sock";
+  p.owner = SocketOwnership{::getuid(), ::getgid(), 0604, /*directory=*/false};
+  ApplyReport r = m.Apply({p});
+  ASSERT_TRUE(r.failed.empty()) << r.failed.front();
+  struct stat st {};
+  ASSERT_EQ(::stat(p.spec.socket.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0604u);
+  EXPECT_EQ(st.st_uid, ::getuid());
+  ASSERT_EQ(::stat(shared.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0755u) << "the socket's directory was changed";
+  EXPECT_TRUE(client::Client::Connect(p.spec.socket).ok());
+  m.Apply({});
+  EXPECT_FALSE(Exists(p.spec.socket));
+  EXPECT_TRUE(Exists(shared)) << "the socket's directory was removed with the device";
+}
+
 TEST_F(DeviceManagerTest, ReloadAddsNewDevicesAndRemovesIdleOnesWithTheirSockets) {
   DeviceManager m(FastOptions());
   m.Apply({Plan("a"), Plan("b")});
