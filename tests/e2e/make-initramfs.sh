@@ -16,6 +16,9 @@
 #
 # /init mounts proc, sysfs and devtmpfs, loads the modules, runs `sh /test.sh`, prints
 # "E2E-RESULT: PASS" (exit 0) or "E2E-RESULT: FAIL <reason>" and powers off (poweroff -f).
+# With E2E_POWER_BUTTON=SECONDS on the kernel command line it first waits (at most SECONDS)
+# for the ACPI power button (needs --modules with button and evdev), as a guest under libvirt
+# must for `virsh shutdown`.
 # With E2E_WATCHDOG=SECONDS on the kernel command line, a background watchdog prints the
 # processes and kernel messages, "E2E-RESULT: FAIL watchdog ..." and powers off when there is
 # no result after SECONDS of uptime (a hung module probe or I/O then fails fast and visibly).
@@ -29,6 +32,11 @@ Usage: tests/e2e/make-initramfs.sh [options] OUT.cpio[.gz] GUEST_SCRIPT
 Build a busybox initramfs (gzip'ed if OUT ends in .gz; a plain .cpio boots ~0.3 s faster) whose /init loads the e2e kernel modules, runs GUEST_SCRIPT
 (as /test.sh, with busybox sh), prints "E2E-RESULT: PASS" or "E2E-RESULT: FAIL <reason>"
 on the console and powers the guest off.
+
+Kernel command line words for /init: E2E_WATCHDOG=SECONDS (fail with what hung when there is
+no result after SECONDS of uptime), E2E_POWER_BUTTON=SECONDS (after the result, wait at most
+SECONDS for the ACPI power button, e.g. virsh shutdown, before powering off; needs
+--modules with button and evdev).
 
 GUEST_SCRIPT conventions: exit 0 = pass, non-zero = fail. `. /lib/e2e.sh` gives
 e2e_fail REASON (fail with that reason), e2e_log MSG, e2e_wait_for PATH [SECONDS].
@@ -198,6 +206,7 @@ if [ -n "${E2E_WATCHDOG:-}" ]; then
         sleep 3
         echo b >/proc/sysrq-trigger
     ) &
+    watchdog=$!
 fi
 result=""
 modfail=""
@@ -229,7 +238,34 @@ if [ "$result" != PASS ]; then
     dmesg | tail -n 30
 fi
 echo "E2E: finished at $(cut -d' ' -f1 /proc/uptime)s"
-echo "E2E-RESULT: $result"
+if [ -n "${E2E_POWER_BUTTON:-}" ]; then
+    # E2E_POWER_BUTTON=SECONDS (kernel command line): after the result, stay up until the ACPI
+    # power button is pressed (virsh shutdown --mode acpi, QEMU's system_powerdown), at most
+    # SECONDS, then power off. The button is an input device of the ACPI "button" module (put
+    # it and "evdev" into --modules); it is opened before the result line so that a press
+    # right after it is not lost, and one input event (24 bytes) is one press.
+    [ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
+    button=""
+    for d in /sys/class/input/event*; do
+        [ "$(cat "$d/device/name" 2>/dev/null)" = "Power Button" ] && button=/dev/input/${d##*/} && break
+    done
+    if [ -n "$button" ] && [ -c "$button" ]; then
+        exec 3<"$button"
+        echo "E2E-RESULT: $result"
+        echo "E2E: waiting for the ACPI power button ($button, at most $E2E_POWER_BUTTON s)"
+        if timeout "$E2E_POWER_BUTTON" dd bs=24 count=1 of=/dev/null <&3 2>/dev/null; then
+            echo "E2E: power button pressed, powering off"
+        else
+            echo "E2E: no power button press after $E2E_POWER_BUTTON s, powering off"
+        fi
+        exec 3<&-
+    else
+        echo "E2E-RESULT: $result"
+        echo "E2E: no ACPI power button input device (modules button, evdev?), powering off"
+    fi
+else
+    echo "E2E-RESULT: $result"
+fi
 sync
 poweroff -f
 EOF

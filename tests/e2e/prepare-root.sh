@@ -3,7 +3,9 @@
 #
 # The root holds QEMU 11.x from trixie-backports (it has the vfio-user-pci client that
 # bookworm's QEMU lacks), a stock Debian guest kernel with its modules, busybox-static,
-# e2fsprogs and pciutils. Everything comes from Debian packages. Layout (see README.md):
+# e2fsprogs, pciutils and trixie's libvirt 11.3 (the monolithic libvirtd with its QEMU driver,
+# and virsh: the kubevirt-libvirt scenario starts the KubeVirt hook's domain with them).
+# Everything comes from Debian packages. Layout (see README.md):
 #
 #   .cache/e2e/root/                 debootstrap --variant=minbase trixie + packages
 #   .cache/e2e/root/.e2e-bootstrap   stamp: debootstrap finished
@@ -25,8 +27,9 @@ usage() {
 Usage: tests/e2e/prepare-root.sh [--force-packages] [--help]
 
 Idempotently prepare .cache/e2e/root: a Debian trixie minbase root with QEMU from
-trixie-backports (vfio-user-pci client), linux-image-amd64, busybox-static, e2fsprogs
-and pciutils, plus .cache/e2e/kernel/{vmlinuz,vmlinux,version}. Installs the host
+trixie-backports (vfio-user-pci client), linux-image-amd64, busybox-static, e2fsprogs,
+pciutils and libvirt (libvirtd, its QEMU driver, virsh), plus
+.cache/e2e/kernel/{vmlinuz,vmlinux,version}. Installs the host
 tools it needs (debootstrap, cpio, xz-utils, zstd, gzip) with apt-get if missing.
 Prints the QEMU version at the end.
 
@@ -56,7 +59,13 @@ MIRROR="${E2E_MIRROR:-http://deb.debian.org/debian}"
 SUITE=trixie
 # Packages installed inside the root. Changing this list re-runs the install step.
 BACKPORTS_PACKAGES=(qemu-system-x86)
-PACKAGES=(linux-image-amd64 busybox-static e2fsprogs pciutils)
+# libvirt comes from trixie main (11.3): its QEMU driver depends on "qemu-kvm | qemu-system",
+# which the backports qemu-system-x86 (installed first, in its own step) provides, so apt keeps
+# QEMU 11.1 (install_packages checks that). trixie has no separate virtqemud package: the
+# monolithic libvirtd of libvirt-daemon is what the scenario runs. No recommends: not the
+# network/storage/nodedev drivers, swtpm or passt.
+PACKAGES=(linux-image-amd64 busybox-static e2fsprogs pciutils
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 PACKAGE_SPEC="v1 ${SUITE} bpo:${BACKPORTS_PACKAGES[*]} main:${PACKAGES[*]}"
 
 log() { echo "prepare-root: $*" >&2; }
@@ -172,6 +181,14 @@ EOF
     in_root apt-get install -y -qq --no-install-recommends \
         "${PACKAGES[@]}" >"$E2E_CACHE/apt-main.log" 2>&1 || {
         tail -n 30 "$E2E_CACHE/apt-main.log" >&2; exit 1; }
+    # The main-suite packages must not have replaced the backports QEMU (vfio-user-pci).
+    local qemu_version
+    # shellcheck disable=SC2016 # a dpkg-query format, not a shell expansion
+    qemu_version=$(in_root dpkg-query -W -f '${Version}' qemu-system-x86)
+    if [[ "$qemu_version" != *bpo* ]]; then
+        echo "prepare-root.sh: qemu-system-x86 is $qemu_version, not the trixie-backports one" >&2
+        exit 1
+    fi
     in_root apt-get clean
     log "packages installed in $((SECONDS - t0)) s"
     rm -f "$KERNEL_DIR/version" # force kernel re-extraction below

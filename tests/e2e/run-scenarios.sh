@@ -23,9 +23,11 @@
 #   blk-qemu-killed     QEMU SIGKILLed during O_DIRECT+fsync writes; the server survives and
 #                       a new QEMU finds every record that was reported durable
 #   blk-smp2-mq         2 vCPUs, queues=2: two blk-mq queues, parallel writers on both
-#   kubevirt-hook       vfio-user-kubevirt-hook edits a KubeVirt domain (VMI requesting
-#                       vfio-user.io/virtio-blk: 2); QEMU started with the memory and device
-#                       arguments of that domain (as libvirt builds them) sees both disks
+#   kubevirt-libvirt    vfio-user-kubevirt-hook edits a KubeVirt domain (VMI requesting
+#                       vfio-user.io/virtio-blk: 2); libvirtd from the trixie root (private
+#                       mount namespace) defines and starts it, QEMU runs as libvirt-qemu on
+#                       sockets owned for it; the guest sees both disks; virsh shutdown (ACPI)
+#                       ends it; nothing libvirtd started is left
 set -euo pipefail
 
 usage() {
@@ -39,9 +41,9 @@ guests fail on their own after 3/4 of it (/init's E2E_WATCHDOG, which shows what
 --keep-logs DIR keeps the serial, run-guest and server logs of every scenario in DIR/<scenario>/
 (e.g. as CI artifacts); failed ones are always kept under .cache/e2e/failed/.
 Scenarios: sample-device blk-basic blk-fs-host-verify blk-reboot blk-two-devices blk-two-vms
-blk-qemu-killed blk-smp2-mq kubevirt-hook
-kubevirt-hook runs vfio-user-kubevirt-hook from the server's build dir (E2E_KUBEVIRT_HOOK
-overrides) and libvirt's virt-xml-validate.
+blk-qemu-killed blk-smp2-mq kubevirt-libvirt
+kubevirt-libvirt runs vfio-user-kubevirt-hook from the server's build dir (E2E_KUBEVIRT_HOOK
+overrides), python3, and libvirtd/virsh from the e2e root (prepare-root.sh installs them).
 EOF2
 }
 
@@ -51,7 +53,7 @@ source "$SCRIPT_DIR/lib.sh"
 SERVER="$E2E_REPO/build/server/vfio-user-server"
 BOOT_TIMEOUT="${E2E_BOOT_TIMEOUT:-60}"
 ALL_SCENARIOS=(sample-device blk-basic blk-fs-host-verify blk-reboot blk-two-devices blk-two-vms
-    blk-qemu-killed blk-smp2-mq kubevirt-hook)
+    blk-qemu-killed blk-smp2-mq kubevirt-libvirt)
 KEEP_LOGS=""
 SCENARIOS=()
 while (($#)); do
@@ -110,6 +112,7 @@ kill_bg() {
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
     kill_bg
+    ! declare -F libvirt_cleanup >/dev/null || libvirt_cleanup
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -KILL "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
@@ -471,50 +474,303 @@ scenario_blk_smp2_mq() {
     stop_server "$name"
 }
 
-# The KubeVirt hook sidecar's domain edit, booted. The hook binary transforms a KubeVirt domain
-# (tests/unit/deviceplugin/kubevirt_hook/testdata/plain.*) for a VMI that requests
-# vfio-user.io/virtio-blk: 2; libvirt's schema must accept the result; the hook's
-# --print-qemu-args gives the memory (shared memfd) and -device vfio-user-pci arguments that
-# domain implies, with the container socket root /var/run/vfio-user moved to $WORK/vfu where
-# the server listens (same <class>/<i>/vfio-user.sock layout as the device plugin's mounts).
-# QEMU runs with exactly those arguments (not through run-guest.sh, which sets its own memory
-# backend) and the guest must find both disks by serial, write and read them back.
-scenario_kubevirt_hook() {
-    local name=kubevirt-hook td="$E2E_REPO/tests/unit/deviceplugin/kubevirt_hook/testdata"
-    local hook="${E2E_KUBEVIRT_HOOK:-$(dirname "$SERVER")/../deviceplugin/kubevirt_hook/vfio-user-kubevirt-hook}"
-    local img="$WORK/img-kubevirt-hook.img" kernel="$E2E_CACHE/kernel/vmlinux" rc=0 n
-    local -a args fw
-    [[ -x "$hook" ]] || { fail "$name: no hook binary at $hook (build vfio-user-kubevirt-hook or set E2E_KUBEVIRT_HOOK)"; return 1; }
-    command -v virt-xml-validate >/dev/null || { fail "$name: virt-xml-validate missing (Debian libvirt-clients)"; return 1; }
-    "$hook" --transform-domain "$td/plain.domain.xml" --vmi "$td/plain.vmi.json" >"$WORK/$name.domain.xml" ||
-        { fail "$name: the hook could not transform the domain"; return 1; }
-    virt-xml-validate "$WORK/$name.domain.xml" domain >"$WORK/$name.validate.log" 2>&1 ||
-        { cat "$WORK/$name.validate.log" >&2; fail "$name: libvirt's schema rejects the transformed domain"; return 1; }
-    mapfile -t args < <("$hook" --print-qemu-args "$WORK/$name.domain.xml" --socket-root-on-host "$WORK/vfu")
-    printf '%s\n' "${args[@]}" >"$WORK/$name.qemu-args.txt"
-    n=$(grep -c '"driver":"vfio-user-pci"' "$WORK/$name.qemu-args.txt" || true)
-    ((n == 2)) || { fail "$name: expected 2 vfio-user-pci devices in the domain's arguments, got $n"; return 1; }
-    grep -q '^memory-backend-memfd,.*share=on' "$WORK/$name.qemu-args.txt" ||
-        { fail "$name: guest memory is not a shared memfd"; return 1; }
-    echo "    host: domain validates; QEMU args: $(grep -c . "$WORK/$name.qemu-args.txt") ($(grep -o 'memory-backend-memfd[^ ]*' "$WORK/$name.qemu-args.txt"))" >&2
+# ---- libvirt (kubevirt-libvirt) ------------------------------------------------------------
+# libvirtd of the trixie root runs as root in a private mount namespace (unshare -m), chrooted
+# into the root. Everything it writes lives in tmpfs mounts of that namespace (/run, /etc/libvirt,
+# /var/lib/libvirt, /var/cache/libvirt, /tmp) or in $WORK (its log dir, bound to
+# /var/log/libvirt), so it leaves nothing in the cached root or on the host. The namespace ends,
+# and its mounts with it, when the last process in it (libvirtd, QEMU) is gone; libvirtd_stop
+# checks that none is left. virsh runs from the root in the same namespace (nsenter).
+LIBVIRTD_PID=""   # libvirtd (run without --daemon: a child of this script)
+LIBVIRTD_NS=""    # its mount namespace ("mnt:[inode]"), to find whatever it started
+LIBVIRT_DOMAIN="" # the domain to destroy if a scenario fails half-way
+LIBVIRT_DIR=""    # libvirtd_start's DIR (conf/, log/, share/) and the scenario's name, so
+LIBVIRT_NAME=""   # that libvirt_cleanup can keep QEMU's log and the serial log
 
-    mkdir -p "$WORK/vfu/virtio-blk/0" "$WORK/vfu/virtio-blk/1"
-    truncate -s 48M "$img"
-    initrd "$name" "$SCRIPT_DIR/guest/blk-two-devices.sh" || return 1
-    start_server "$name" \
-        --device "virtio-blk,id=vmdisk0,socket=$WORK/vfu/virtio-blk/0/vfio-user.sock,backend=file,path=$img" \
-        --device "virtio-blk,id=vmdisk1,socket=$WORK/vfu/virtio-blk/1/vfio-user.sock,backend=ram,size=32M" || return 1
-    [[ -f "$kernel" ]] || kernel="$E2E_CACHE/kernel/vmlinuz"
-    mapfile -t fw < <(e2e_qemu_firmware_args)
-    timeout --kill-after=5 "$BOOT_TIMEOUT" "${E2E_QEMU_CMD[@]}" -accel tcg -machine q35 \
-        -nographic -nic none -no-reboot -kernel "$kernel" -initrd "$WORK/initrd-$name.cpio" \
-        -append "console=ttyS0 panic=-1 quiet E2E_WATCHDOG=$WATCHDOG E2E_DISKS=vmdisk0:98304,vmdisk1:65536" \
-        "${fw[@]}" "${args[@]}" </dev/null >"$WORK/$name.serial.log" 2>&1 || rc=$?
-    if ! serial "$name" | grep -a -q '^E2E-RESULT: PASS'; then
-        serial "$name" | tail -n 40 | sed 's/^/    /' >&2
-        fail "$name: the guest did not pass (QEMU exit $rc)"
+# Run inside the namespace: mounts, then libvirtd. Arguments: root, config dir, log dir, then
+# any number of "SRC:DEST[:ro]" (bind mount SRC at DEST, a path in the root's fresh /run) and
+# "mkdir:DIR:UID:GID" (a directory in that /run with this owner). Paths without ":".
+# shellcheck disable=SC2016 # expanded by the inner bash
+LIBVIRTD_NS_SCRIPT='
+root=$1 conf=$2 logdir=$3
+shift 3
+# Fresh, empty and private: runtime dir (libvirtd sockets and pid file, the domain status XML,
+# the mount points below), configuration (with our two files: domains that virsh defines are
+# written here), state and capability cache. tmpfs: gone with the namespace.
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/run"
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/etc/libvirt"
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/var/lib/libvirt"
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/var/cache/libvirt"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
+# Logs (libvirtd writes the QEMU log there) stay in the test dir, to keep them on failure.
+mount --bind "$logdir" "$root/var/log/libvirt"
+# The kernel interfaces libvirtd and QEMU read. A new sysfs instance, read-only, holds no
+# cgroup mounts: libvirt uses none anyway (cgroup_controllers = [ ]). /dev: the static nodes
+# that debootstrap made in the root (null, zero, urandom, ...); TCG needs no /dev/kvm.
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
+cp "$conf/libvirtd.conf" "$conf/qemu.conf" "$root/etc/libvirt/"
+for m in "$@"; do
+    IFS=: read -r src dest uid gid <<<"$m"
+    mkdir -p "$root/run/$dest"
+    if [[ "$src" == mkdir ]]; then
+        chown "$uid:$gid" "$root/run/$dest"
+    elif [[ "$uid" == ro ]]; then
+        mount --bind -o ro "$src" "$root/run/$dest"
+    else
+        mount --bind "$src" "$root/run/$dest"
+    fi
+done
+exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root \
+    chroot "$root" /usr/sbin/libvirtd --config /etc/libvirt/libvirtd.conf
+'
+
+# lv_run CMD...: a program of the root, in libvirtd's mount namespace and root directory (at
+# most 60 s).
+lv_run() {
+    timeout --kill-after=5 60 nsenter --target "$LIBVIRTD_PID" --mount --root --wd -- \
+        /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root "$@"
+}
+
+# lv_virsh ARGS...: the root's virsh against that libvirtd, at most 60 s.
+lv_virsh() {
+    timeout --kill-after=5 60 nsenter --target "$LIBVIRTD_PID" --mount --root --wd -- \
+        /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root \
+        virsh --quiet --connect qemu:///system "$@"
+}
+
+# lv_ns_pids: the processes in libvirtd's mount namespace.
+lv_ns_pids() {
+    local p
+    [[ -n "$LIBVIRTD_NS" ]] || return 0
+    for p in /proc/[0-9]*; do
+        [[ "$(readlink "$p/ns/mnt" 2>/dev/null)" == "$LIBVIRTD_NS" ]] && echo "${p#/proc/}"
+    done
+    return 0
+}
+
+# libvirtd_start NAME DIR MOUNT...: write the configuration into DIR/conf, start libvirtd
+# (log: $WORK/NAME.libvirtd.log) and wait (at most 20 s) until virsh gets an answer.
+libvirtd_start() {
+    local name=$1 dir=$2 i
+    shift 2
+    LIBVIRT_DIR=$dir
+    LIBVIRT_NAME=$name
+    mkdir -p "$dir/conf" "$dir/log"
+    # libvirtd.conf: only root in this namespace talks to it (the test, through virsh).
+    cat >"$dir/conf/libvirtd.conf" <<'EOF2'
+# e2e kubevirt-libvirt: libvirtd started by run-scenarios.sh (not --listen: no TCP or TLS).
+# Its unix sockets are in the private namespace's own /run: root only (0700), and no polkit
+# check, since no polkitd runs here (auth "none").
+unix_sock_ro_perms = "0700"
+unix_sock_rw_perms = "0700"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+# Warnings and errors to stderr, which run-scenarios.sh keeps (<scenario>.libvirtd.log).
+log_outputs = "3:stderr"
+EOF2
+    # qemu.conf: the sandbox settings of KubeVirt's virt-launcher (cmd/virt-launcher/qemu.conf).
+    cat >"$dir/conf/qemu.conf" <<'EOF2'
+# e2e kubevirt-libvirt: QEMU driver settings, most as in KubeVirt's virt-launcher.
+# No cgroups: the test machine's cgroup tree is not libvirt's to change (in KubeVirt the pod's
+# cgroup belongs to the kubelet); KubeVirt has the same two lines.
+cgroup_controllers = [ ]
+# No private /dev namespace per QEMU: QEMU sees the root's static /dev (KubeVirt: the same).
+namespaces = [ ]
+# No SELinux/AppArmor labels (neither is set up in the root). The DAC driver still runs QEMU as
+# libvirt's default unprivileged user (user and group are not set: Debian's default is
+# libvirt-qemu:libvirt-qemu; KubeVirt sets qemu, uid 107) and hands it the files it needs
+# (kernel, initrd, serial log) by chown (dynamic_ownership defaults to 1, as in KubeVirt).
+security_driver = "none"
+# Give files back to root:root when the domain stops instead of remembering their owners in
+# trusted.* xattrs (KubeVirt: remember_owner = 0 too).
+remember_owner = 0
+# QEMU's stdout/stderr go to /var/log/libvirt/qemu/<domain>.log written by libvirtd itself: no
+# virtlogd to run and stop (KubeVirt runs virtlogd: "logd").
+stdio_handler = "file"
+EOF2
+    unshare --mount --propagation private -- /bin/bash -euo pipefail -c "$LIBVIRTD_NS_SCRIPT" \
+        libvirtd-ns "$E2E_ROOT" "$dir/conf" "$dir/log" "$@" >"$WORK/$name.libvirtd.log" 2>&1 &
+    LIBVIRTD_PID=$!
+    for ((i = 0; i < 200; i++)); do
+        [[ -S /proc/$LIBVIRTD_PID/root/run/libvirt/libvirt-sock ]] && break
+        kill -0 "$LIBVIRTD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    LIBVIRTD_NS=$(readlink "/proc/$LIBVIRTD_PID/ns/mnt" 2>/dev/null || true)
+    if [[ -z "$LIBVIRTD_NS" || "$LIBVIRTD_NS" == "$(readlink /proc/self/ns/mnt)" ]] ||
+        ! lv_virsh version >"$WORK/$name.virsh-version.log" 2>&1; then
+        cat "$WORK/$name.libvirtd.log" "$WORK/$name.virsh-version.log" >&2 2>/dev/null
+        fail "libvirtd did not start (log above)"
         return 1
     fi
+}
+
+# libvirtd_stop: SIGTERM (at most 15 s, then SIGKILL). libvirtd leaves running domains alone,
+# so callers shut them down or destroy them first. Fails if anything is left in its mount
+# namespace (then killed), which also means that its mounts are gone with the namespace.
+libvirtd_stop() {
+    local rc=0 i left
+    [[ -n "$LIBVIRTD_PID" ]] || return 0
+    kill -TERM "$LIBVIRTD_PID" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$LIBVIRTD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$LIBVIRTD_PID" 2>/dev/null; then
+        echo "e2e: libvirtd did not stop within 15 s of SIGTERM; killing it" >&2
+        kill -KILL "$LIBVIRTD_PID" 2>/dev/null || true
+        rc=1
+    fi
+    wait "$LIBVIRTD_PID" 2>/dev/null || { echo "e2e: libvirtd exited with status $?" >&2; rc=1; }
+    LIBVIRTD_PID=""
+    for ((i = 0; i < 50; i++)); do
+        left=$(lv_ns_pids)
+        [[ -n "$left" ]] || break
+        sleep 0.1
+    done
+    if [[ -n "$left" ]]; then
+        echo "e2e: left in libvirtd's mount namespace after it stopped (killed now):" >&2
+        # shellcheck disable=SC2086 # pids
+        ps -o pid,user,args -p "$(echo $left | tr ' ' ,)" >&2 || true
+        # shellcheck disable=SC2086
+        kill -KILL $left 2>/dev/null || true
+        rc=1
+    fi
+    LIBVIRTD_NS=""
+    return "$rc"
+}
+
+# libvirt_cleanup: after a failure, or on exit: the domain destroyed, libvirtd stopped.
+libvirt_cleanup() {
+    local f
+    [[ -n "$LIBVIRTD_PID" ]] || return 0
+    [[ -z "$LIBVIRT_DOMAIN" ]] || lv_virsh destroy "$LIBVIRT_DOMAIN" >/dev/null 2>&1 || true
+    LIBVIRT_DOMAIN=""
+    libvirtd_stop || true
+    for f in "$LIBVIRT_DIR"/log/qemu/*.log; do
+        [[ -f "$f" ]] && cp "$f" "$WORK/$LIBVIRT_NAME.qemu.log"
+    done
+    [[ -f "$WORK/$LIBVIRT_NAME.serial.log" || ! -f "$LIBVIRT_DIR/share/serial.log" ]] ||
+        tr -d '\r' <"$LIBVIRT_DIR/share/serial.log" >"$WORK/$LIBVIRT_NAME.serial.log"
+}
+
+# lv_state DOMAIN: "running", "shut off", ... (empty if virsh fails).
+lv_state() { lv_virsh domstate "$1" 2>/dev/null | head -n 1 || true; }
+
+# The KubeVirt hook's domain, started by libvirt. vfio-user-kubevirt-hook --transform-domain edits
+# the domain KubeVirt generated (tests/unit/deviceplugin/kubevirt_hook/testdata/plain.*) for a
+# VMI that requests vfio-user.io/virtio-blk: 2; kubevirt-sandbox-domain.py changes only what this
+# sandbox forces (TCG, emulator path, upstream machine type, direct kernel boot, KubeVirt's own
+# disk and interface removed, a serial log) and keeps the hook's <memoryBacking> and
+# <qemu:commandline>. libvirtd (above) defines and starts it and runs QEMU as its default user
+# libvirt-qemu, which may open the device sockets because the server gives them that owner
+# (--device owner=UID:GID,mode=0660). The sockets keep the launcher pod's path: the server's
+# socket dir $WORK/vfu is mounted at /var/run/vfio-user in libvirtd's namespace, as the device
+# plugin mounts each device's directory into virt-launcher. The guest (guest/blk-two-devices.sh)
+# finds both disks by serial, writes and reads them; `virsh shutdown --mode acpi` presses the
+# ACPI power button, the guest powers off (/init's E2E_POWER_BUTTON) and the domain must reach
+# "shut off"; then libvirtd stops and nothing it started may be left.
+scenario_kubevirt_libvirt() {
+    local name=kubevirt-libvirt td="$E2E_REPO/tests/unit/deviceplugin/kubevirt_hook/testdata"
+    local hook="${E2E_KUBEVIRT_HOOK:-$(dirname "$SERVER")/../deviceplugin/kubevirt_hook/vfio-user-kubevirt-hook}"
+    local img="$WORK/img-kubevirt-libvirt.img" lv="$WORK/libvirt" kernel=vmlinux
+    local dom=default_vm-blk vmuid=5b0f5c9e-3a51-5d1c-9a35-1f0d2a0c7e11
+    local qemu_uid qemu_gid qpid state i n arg slog
+    [[ -x "$hook" ]] || { fail "$name: no hook binary at $hook (build vfio-user-kubevirt-hook or set E2E_KUBEVIRT_HOOK)"; return 1; }
+    # libvirt's default QEMU user and group (Debian: libvirt-qemu:libvirt-qemu), from the root.
+    qemu_uid=$(awk -F: '$1 == "libvirt-qemu" { print $3 }' "$E2E_ROOT/etc/passwd")
+    qemu_gid=$(awk -F: '$1 == "libvirt-qemu" { print $3 }' "$E2E_ROOT/etc/group")
+    [[ -n "$qemu_uid" && -n "$qemu_gid" ]] || { fail "$name: no libvirt-qemu user/group in the root (prepare-root.sh)"; return 1; }
+
+    "$hook" --transform-domain "$td/plain.domain.xml" --vmi "$td/plain.vmi.json" >"$WORK/$name.hook-domain.xml" ||
+        { fail "$name: the hook could not transform the domain"; return 1; }
+    mkdir -p "$lv/share" "$WORK/vfu"
+    [[ -f "$E2E_CACHE/kernel/vmlinux" ]] || kernel=vmlinuz
+    slog="$lv/share/serial.log"
+    python3 "$SCRIPT_DIR/kubevirt-sandbox-domain.py" "$WORK/$name.hook-domain.xml" "$WORK/$name.domain.xml" \
+        --emulator /usr/bin/qemu-system-x86_64 --kernel "/run/e2e/kernel/$kernel" \
+        --initrd /run/e2e/share/initrd.cpio --serial-log /run/e2e/share/serial.log \
+        --cmdline "console=ttyS0 panic=-1 quiet E2E_WATCHDOG=$WATCHDOG E2E_POWER_BUTTON=30 E2E_DISKS=vmdisk0:98304,vmdisk1:65536" \
+        2>"$WORK/$name.sandbox.log" || { cat "$WORK/$name.sandbox.log" >&2; fail "$name: cannot adapt the domain"; return 1; }
+    sed 's/^/    /' "$WORK/$name.sandbox.log" >&2
+    cp "$WORK/$name.hook-domain.xml" "$WORK/$name.domain.xml" "$lv/share/"
+
+    truncate -s 48M "$img"
+    initrd "$name" "$SCRIPT_DIR/guest/blk-two-devices.sh" --modules "virtio_pci virtio_blk nvme ext4 button evdev" || return 1
+    cp "$WORK/initrd-$name.cpio" "$lv/share/initrd.cpio"
+    : >"$slog"
+    # The device sockets as the device plugin lays them out, owned for libvirt's QEMU user.
+    start_server "$name" \
+        --device "virtio-blk,id=vmdisk0,socket=$WORK/vfu/virtio-blk/0/vfio-user.sock,backend=file,path=$img,owner=$qemu_uid:$qemu_gid,mode=0660" \
+        --device "virtio-blk,id=vmdisk1,socket=$WORK/vfu/virtio-blk/1/vfio-user.sock,backend=ram,size=32M,owner=$qemu_uid:$qemu_gid,mode=0660" || return 1
+    # Mounts in libvirtd's /run: the launcher pod's /var/run/vfio-user, the e2e kernel (read
+    # only), this test's files; the directory virt-launcher makes for the VM's serial and VNC
+    # sockets, owned by QEMU's user.
+    libvirtd_start "$name" "$lv" "$WORK/vfu:vfio-user" "$E2E_CACHE/kernel:e2e/kernel:ro" \
+        "$lv/share:e2e/share" "mkdir:kubevirt-private/$vmuid:$qemu_uid:$qemu_gid" || return 1
+
+    lv_run virt-xml-validate "/run/e2e/share/$name.hook-domain.xml" domain >"$WORK/$name.validate.log" 2>&1 ||
+        { cat "$WORK/$name.validate.log" >&2; fail "$name: libvirt's schema rejects the hook's domain"; return 1; }
+    lv_virsh define --validate "/run/e2e/share/$name.domain.xml" >"$WORK/$name.virsh.log" 2>&1 ||
+        { cat "$WORK/$name.virsh.log" >&2; fail "$name: virsh define refused the domain"; return 1; }
+    LIBVIRT_DOMAIN=$dom
+    lv_virsh start "$dom" >>"$WORK/$name.virsh.log" 2>&1 ||
+        { cat "$WORK/$name.virsh.log" >&2; fail "$name: virsh start failed (QEMU's log: $name.qemu.log)"; return 1; }
+
+    # QEMU as libvirt started it: its user, the hook's vfio-user-pci arguments word for word,
+    # guest RAM a shared memfd (the hook's <memoryBacking>).
+    qpid=$(cat "/proc/$LIBVIRTD_PID/root/run/libvirt/qemu/$dom.pid" 2>/dev/null || true)
+    [[ -n "$qpid" && -d "/proc/$qpid" ]] || { fail "$name: no QEMU process for $dom"; return 1; }
+    tr '\0' '\n' <"/proc/$qpid/cmdline" >"$WORK/$name.qemu-cmdline.txt"
+    [[ "$(stat -c %u "/proc/$qpid")" == "$qemu_uid" ]] ||
+        { fail "$name: QEMU runs as uid $(stat -c %u "/proc/$qpid"), not libvirt-qemu ($qemu_uid)"; return 1; }
+    n=0
+    while read -r arg; do
+        grep -qxF -- "$arg" "$WORK/$name.qemu-cmdline.txt" ||
+            { fail "$name: QEMU's command line lacks the hook's argument $arg"; return 1; }
+        n=$((n + 1))
+    done < <(grep -o '<qemu:arg value="[^"]*"' "$WORK/$name.hook-domain.xml" | sed 's/^<qemu:arg value="//; s/"$//; s/&quot;/"/g')
+    ((n == 4)) || { fail "$name: expected 4 <qemu:arg> (2 x -device vfio-user-pci) from the hook, found $n"; return 1; }
+    grep -q '"qom-type":"memory-backend-memfd".*"share":true' "$WORK/$name.qemu-cmdline.txt" ||
+        { fail "$name: guest RAM is not a shared memfd in QEMU's command line"; return 1; }
+    echo "    host: libvirt started QEMU (pid $qpid, uid $qemu_uid libvirt-qemu) with the hook's 2 vfio-user-pci devices and shared memfd RAM" >&2
+
+    # The guest's result, then the ACPI power button.
+    for ((i = 0; i < BOOT_TIMEOUT * 10; i++)); do
+        grep -a -q -E '^E2E-RESULT: FAIL|^E2E: (waiting for the|no) ACPI power button' "$slog" && break
+        if ((i % 10 == 9)) && [[ "$(lv_state "$dom")" != running ]]; then break; fi
+        sleep 0.1
+    done
+    tr -d '\r' <"$slog" >"$WORK/$name.serial.log"
+    if ! grep -a -q '^E2E-RESULT: PASS' "$WORK/$name.serial.log"; then
+        serial "$name" | tail -n 40 | sed 's/^/    /' >&2
+        fail "$name: the guest did not pass (domain state: $(lv_state "$dom"))"
+        return 1
+    fi
+    expect_serial "$name" 'waiting for the ACPI power button' || return 1
+    lv_virsh shutdown --mode acpi "$dom" >>"$WORK/$name.virsh.log" 2>&1 ||
+        { cat "$WORK/$name.virsh.log" >&2; fail "$name: virsh shutdown failed"; return 1; }
+    for ((i = 0; i < 40; i++)); do
+        state=$(lv_state "$dom")
+        [[ "$state" == "shut off" ]] && break
+        sleep 0.5
+    done
+    tr -d '\r' <"$slog" >"$WORK/$name.serial.log"
+    [[ "$state" == "shut off" ]] || { fail "$name: the domain is '$state', not 'shut off', 20 s after virsh shutdown"; return 1; }
+    expect_serial "$name" '^E2E: power button pressed' || return 1
+    echo "    host: virsh shutdown --mode acpi: the guest powered off, the domain is shut off" >&2
+    lv_virsh undefine "$dom" >>"$WORK/$name.virsh.log" 2>&1 || { fail "$name: virsh undefine failed"; return 1; }
+    LIBVIRT_DOMAIN=""
+    cp "$lv/log/qemu/$dom.log" "$WORK/$name.qemu.log" 2>/dev/null || true
+    libvirtd_stop || { fail "$name: libvirtd did not stop cleanly"; return 1; }
+    [[ -z "$(find "$lv" -type s)" ]] || { fail "$name: sockets left in $lv: $(find "$lv" -type s)"; return 1; }
+    ! grep -q -F "$E2E_ROOT/" /proc/self/mountinfo || { fail "$name: mounts left under $E2E_ROOT"; return 1; }
+    # Under the tmpfs mounts, the root's own directories must be untouched.
+    [[ -z "$(find "$E2E_ROOT"/{run,tmp,etc/libvirt,var/lib/libvirt,var/cache/libvirt,var/log/libvirt} \
+        -newer "$WORK/$name.hook-domain.xml" -print -quit 2>/dev/null)" ]] ||
+        { fail "$name: libvirt wrote into the cached root"; return 1; }
+
     expect_serial "$name" '^BLK-DISK vd[a-z] serial=vmdisk0 sectors=98304 ' || return 1
     expect_serial "$name" '^BLK-DISK vd[a-z] serial=vmdisk1 sectors=65536 ' || return 1
     check_image_io "$name" "$img" 'vmdisk0-a|vmdisk0-b' || return 1
@@ -522,7 +778,7 @@ scenario_kubevirt_hook() {
     wait_log "$WORK/$name.server.log" 'msg="session ended.*device=vmdisk1' 5 || return 1
     stop_server "$name" || return 1
     [[ -z "$(find "$WORK/vfu" -type s)" ]] || { fail "$name: the server left sockets in $WORK/vfu"; return 1; }
-    rm -rf "$WORK/vfu"
+    rm -rf "$WORK/vfu" "$lv"
 }
 
 for s in "${SCENARIOS[@]}"; do
@@ -543,6 +799,7 @@ for s in "${SCENARIOS[@]}"; do
         FAILED=$((FAILED + 1))
         echo "e2e: FAIL - $s ($((($(date +%s%N) - start) / 1000000)) ms)"
         kill_bg
+        libvirt_cleanup
         if [[ -n "$SERVER_PID" ]]; then
             kill -KILL "$SERVER_PID" 2>/dev/null || true
             wait "$SERVER_PID" 2>/dev/null || true
