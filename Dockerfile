@@ -2,20 +2,32 @@
 # vfio-user-device-plugin, vfio-user-kubevirt-hook, vfio-user-operator (all in /usr/local/bin)
 # and vfio-user-healthcheck. Manifests pick the binary with `command:`.
 #
-#   docker build -t ghcr.io/vfio-user/vfio-user-stack:0.1.0 \
+# The project publishes no image; build your own (docs/image.md):
+#
+#   scripts/build-image.sh [--tag REF] [--push DEST]     # buildah, as root, no registry needed
+#   scripts/packaging/check-image.sh                      # checks the image just built
+#
+# or with Docker/Podman (base images from Docker Hub, no compiler cache):
+#
+#   docker build -t registry.example.com/vfio-user/vfio-user-stack:0.1.0 \
 #     --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) .
 #
-# Both stages run scripts that scripts/check-packaging.sh also runs (in a debootstrapped
-# bookworm root), so they are verified without a container engine.
+# The steps of both stages live in scripts/docker-build-stage.sh and
+# scripts/docker-runtime-stage.sh. scripts/build-image.sh mounts a compiler cache at /ccache
+# (--volume, part of no layer); the build stage uses it when it is there.
 
-# ---- build: Debian bookworm with the build dependencies -------------------------------------
-FROM debian:bookworm AS build
+# ---- deps: Debian bookworm with the build dependencies --------------------------------------
+# Reused from the layer cache until install-deps.sh or docker-build-stage.sh changes.
+FROM debian:bookworm AS deps
 WORKDIR /src
-# Dependencies first: this layer is reused until install-deps.sh changes.
 COPY scripts/install-deps.sh scripts/docker-build-stage.sh scripts/
 RUN scripts/docker-build-stage.sh deps && rm -rf /var/lib/apt/lists/*
+
+# ---- build: the five binaries ----------------------------------------------------------------
+FROM deps AS build
 COPY . .
-RUN scripts/docker-build-stage.sh build --build-dir /build --dest /out
+# /src/build, like the host's build/ under the checkout: ccache hashes paths relative to it.
+RUN scripts/docker-build-stage.sh build --build-dir /src/build --dest /out
 
 # ---- runtime: bookworm-slim with only the runtime libraries ----------------------------------
 FROM debian:bookworm-slim AS runtime
