@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything and runs every test: unit and integration tests of the server, device
-# plugin, KubeVirt hook and operator (warnings as errors), packaging checks, the same tests under
-# AddressSanitizer/UBSan, a bounded libFuzzer run, real-QEMU end-to-end scenarios, format and lint.
+# plugin, KubeVirt hook and operator (warnings as errors), packaging checks with the real tools
+# (Helm, kubectl/kustomize, promtool, buildah), the same tests under AddressSanitizer/UBSan, a
+# bounded libFuzzer run, real-QEMU (and libvirt) end-to-end scenarios, format and lint.
 # Idempotent; safe to run on a fresh Debian bookworm machine as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ step "build (gcc, -Werror)"
 step "tests"
 ctest --test-dir build -j 2 --timeout 300
 
-step "packaging checks (image stages, deploy/, Helm chart, alerts, dashboard, docs vs binaries)"
+step "packaging checks: helm, kubectl kustomize, schemas, promtool, docs vs binaries, buildah image"
 ./scripts/check-packaging.sh --build-dir build
 
 step "build (ASAN + UBSAN)"

@@ -31,6 +31,7 @@ import tempfile
 import time
 import urllib.request
 
+import k8s_tools
 from check_manifests import documented_metrics
 from report import Report
 
@@ -157,9 +158,12 @@ def check_flags(r, repo, flags_by_binary):
 
 def check_manifest_flags(r, repo, flags_by_binary):
     """The flags deploy/ and the chart's test Jobs pass to the binaries exist."""
-    from manifests import Chart, render_kustomization
-    objects = render_kustomization(os.path.join(repo, "deploy"))
-    objects += Chart(os.path.join(repo, "helm/vfio-user")).render_objects()
+    try:
+        objects = k8s_tools.kustomize(os.path.join(repo, "deploy"))[1]
+        objects += k8s_tools.helm_template(os.path.join(repo, "helm/vfio-user"))[1]
+    except k8s_tools.ToolError as e:
+        r.fail(f"deploy/ and the chart do not render: {e}")
+        return
     bad, seen = [], 0
     for o in objects:
         spec = o.get("spec", {}).get("template", {}).get("spec", {})

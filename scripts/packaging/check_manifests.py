@@ -1,9 +1,14 @@
 #!/usr/bin/python3
-"""Checks deploy/, the Helm chart, the alerts, the dashboards and the Dockerfile, without
-kubectl, helm or a container engine (manifests.py renders the subset they use).
+"""Checks deploy/, the Helm chart, the alerts, the dashboards and the Dockerfile with the real
+tools: `kubectl kustomize`, `helm lint --strict`, `helm template` (every values file under
+helm/vfio-user/ci/ and the defaults), the upstream Kubernetes schemas (validate-k8s.mjs) and
+promtool; then the project's own assertions on what they print (RBAC least privilege, chart vs
+deploy/ parity, alerts on documented metrics, ...).
 
   check_manifests.py [--repo DIR] [--server PATH]
 
+The tools come from scripts/packaging/install-tools.sh, named in the environment (HELM,
+KUBECTL, PROMTOOL, NODE_MODULES) as scripts/check-packaging.sh sets it.
 --server: a vfio-user-server binary; the standalone server configuration of deploy/ and of
 every chart values file is then also checked with `vfio-user-server --check`.
 """
@@ -14,7 +19,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,8 +26,8 @@ import tempfile
 import jsonschema
 import yaml
 
-from manifests import Chart, RenderError, format_key, load_yaml_docs, object_key
-from manifests import render_kustomization
+import k8s_tools
+from k8s_tools import ToolError, format_key, load_yaml_docs, object_key
 from report import Report
 
 NAMESPACE = "vfio-user"
@@ -91,9 +95,9 @@ def diff(a, b, path=""):
         for k in sorted(set(a) | set(b), key=str):
             p = f"{path}.{k}"
             if k not in a:
-                out.append(f"{p}: only in the chart")
-            elif k not in b:
                 out.append(f"{p}: only in deploy/")
+            elif k not in b:
+                out.append(f"{p}: only in the chart")
             elif str(k).endswith(".yaml") and isinstance(a[k], str) and isinstance(b[k], str):
                 out.extend(diff(yaml.safe_load(a[k]), yaml.safe_load(b[k]), p + "(parsed)"))
             else:
@@ -139,37 +143,26 @@ def check_yaml_files(r, repo):
     for f in sorted(files):
         try:
             load_yaml_docs(f)
-        except RenderError as e:
-            bad.append(str(e))
+        except yaml.YAMLError as e:
+            bad.append(f"{os.path.relpath(f, repo)}: {e}")
     r.check(not bad, f"{len(files)} YAML files in deploy/ and helm/ parse", "; ".join(bad))
 
 
-def check_kustomize(r, repo):
-    r.section("deploy/ renders (kustomize subset)")
+def check_kustomize(r, repo, out_dir):
+    """`kubectl kustomize` of deploy/ and its two parts; each output is also saved in out_dir
+    for the schema validation."""
+    r.section("deploy/ renders (kubectl kustomize)")
     rendered = {}
     for d in ("deploy", "deploy/base", "deploy/monitoring"):
         try:
-            rendered[d] = render_kustomization(os.path.join(repo, d))
-            r.ok(f"{d} renders {len(rendered[d])} objects")
-        except RenderError as e:
+            text, rendered[d] = k8s_tools.kustomize(os.path.join(repo, d))
+        except ToolError as e:
             r.fail(f"{d}: {e}")
-    kubectl = shutil.which("kubectl")
-    if kubectl and "deploy" in rendered:
-        # Not required (Debian has no kubectl); when present it cross-checks the subset renderer.
-        p = subprocess.run([kubectl, "kustomize", os.path.join(repo, "deploy")],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            r.fail(f"kubectl kustomize deploy/ fails: {p.stderr.strip()[:300]}")
-        else:
-            theirs = {object_key(o): o for o in yaml.safe_load_all(p.stdout) if o}
-            ours = {object_key(o): o for o in rendered["deploy"]}
-            problems = [format_key(k) for k in set(theirs) ^ set(ours)]
-            problems += [f"{format_key(k)}: {diff(ours[k], theirs[k])[:3]}"
-                         for k in set(theirs) & set(ours) if ours[k] != theirs[k]]
-            r.check(not problems, "kubectl kustomize deploy/ prints the same objects",
-                    "; ".join(problems))
-    else:
-        r.note("kubectl not installed: the real kustomize cross-check is skipped")
+            continue
+        if d == "deploy":  # the other two are parts of it
+            with open(os.path.join(out_dir, "deploy.yaml"), "w", encoding="utf-8") as f:
+                f.write(text)
+        r.ok(f"kubectl kustomize {d} renders {len(rendered[d])} objects")
     return rendered
 
 
@@ -287,6 +280,66 @@ def check_examples(r, repo, version):
                         f"it uses {images}")
 
 
+def check_schemas(r, repo, out_dir):
+    """Every object that kubectl kustomize and helm template printed, against the upstream
+    schemas (kubernetes-models and @kubernetes-models/prometheus-operator), unknown fields
+    included (scripts/packaging/validate-k8s.mjs)."""
+    r.section("rendered objects against the upstream Kubernetes schemas (strict)")
+    files = sorted(glob.glob(os.path.join(out_dir, "*.yaml")))
+    modules = os.environ.get("NODE_MODULES", "")
+    if not r.check(bool(files) and os.path.isdir(modules),
+                   "rendered output and the schema packages are there",
+                   f"rendered files {len(files)}, NODE_MODULES={modules!r}"):
+        return
+    p = subprocess.run(["node", os.path.join(repo, "scripts/packaging/validate-k8s.mjs"),
+                        "--modules", modules] + files, capture_output=True, text=True, check=False)
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    for line in lines:
+        if "FAIL:" in line:
+            r.fail(line.split("FAIL:", 1)[1].strip().replace(out_dir + "/", ""))
+    summary = lines[-1] if lines else "(no output)"
+    r.check(p.returncode == 0, f"{len(files)} rendered outputs validate ({summary})", summary)
+
+
+def strict_structural_schema(node):
+    """A CRD's structural schema with unknown fields made errors (additionalProperties: false
+    where properties are declared and unknown fields are not preserved): the API server prunes
+    them silently, which hides a typo in an example."""
+    if isinstance(node, dict):
+        node = {k: strict_structural_schema(v) for k, v in node.items()}
+        if ("properties" in node and "additionalProperties" not in node and
+                not node.get("x-kubernetes-preserve-unknown-fields")):
+            node["additionalProperties"] = False
+        return node
+    if isinstance(node, list):
+        return [strict_structural_schema(v) for v in node]
+    return node
+
+
+def check_crd_examples(r, repo, objects):
+    """The custom resources in deploy/examples/ against their CRD's own openAPIV3Schema."""
+    r.section("deploy/examples custom resources against the CRD's schema")
+    validators = {}
+    for crd in (o for o in objects if o["kind"] == "CustomResourceDefinition"):
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for v in crd["spec"]["versions"]:
+            schema = strict_structural_schema(v["schema"]["openAPIV3Schema"])
+            validators[(f"{group}/{v['name']}", kind)] = jsonschema.Draft4Validator(schema)
+    seen = 0
+    for f in sorted(glob.glob(os.path.join(repo, "deploy/examples/*.yaml"))):
+        rel = os.path.relpath(f, repo)
+        for doc in load_yaml_docs(f):
+            validator = validators.get((doc.get("apiVersion"), doc.get("kind")))
+            if validator is None:
+                continue
+            seen += 1
+            errors = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+                      for e in validator.iter_errors(doc)]
+            r.check(not errors, f"{rel}: {doc['kind']} {doc['metadata']['name']} matches the CRD",
+                    "; ".join(errors[:5]))
+    r.check(seen > 0, f"{seen} example custom resources checked")
+
+
 def check_against_operator_render(r, repo, objects):
     """The standalone DaemonSet must match what the operator renders for a pool. The operator
     builds its DaemonSet in C++ (operator/pool/render.cc); compare the literals it uses."""
@@ -330,25 +383,17 @@ def check_against_operator_render(r, repo, objects):
             "with the operator's pool DaemonSet", "; ".join(missing))
 
 
-def check_chart(r, repo, deploy, base, server):
-    r.section("Helm chart")
+def check_chart(r, repo, deploy, base, server, out_dir):
+    r.section("Helm chart (helm lint --strict, helm template)")
     cdir = os.path.join(repo, "helm/vfio-user")
-    try:
-        chart = Chart(cdir)
-    except RenderError as e:
-        r.fail(f"chart does not load: {e}")
-        return
-    schema = json.load(open(os.path.join(cdir, "values.schema.json")))
+    meta = load_yaml_docs(os.path.join(cdir, "Chart.yaml"))[0]
+    defaults = load_yaml_docs(os.path.join(cdir, "values.yaml"))[0]
+    schema = json.load(open(os.path.join(cdir, "values.schema.json"), encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
-    validator = jsonschema.Draft7Validator(schema)
-
-    def errors_of(values):
-        return [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-                for e in validator.iter_errors(values)]
 
     version = project_version(repo)
-    r.check(chart.meta.get("appVersion") == version,
-            f"Chart appVersion {chart.meta.get('appVersion')} is the project version {version}")
+    r.check(meta.get("appVersion") == version,
+            f"Chart appVersion {meta.get('appVersion')} is the project version {version}")
 
     # Strictness: every object in the schema closes its properties.
     loose = []
@@ -366,15 +411,18 @@ def check_chart(r, repo, deploy, base, server):
     r.check(not loose, "values.schema.json: every object sets additionalProperties",
             ", ".join(loose))
 
+    # helm lint --strict (values.schema.json included) for the defaults and every ci/ file.
     variants = {"values.yaml": []}
     for f in sorted(glob.glob(os.path.join(cdir, "ci/*.yaml"))):
-        variants[os.path.relpath(f, cdir)] = [load_yaml_docs(f)[0]]
-    for name, overrides in variants.items():
-        values = chart.context(overrides)["Values"]
-        errs = errors_of(values)
-        r.check(not errs, f"{name} validates against values.schema.json", "; ".join(errs))
+        variants[os.path.relpath(f, cdir)] = [f]
+    for name, files in variants.items():
+        try:
+            k8s_tools.helm_lint(cdir, files)
+            r.ok(f"helm lint --strict with {name}")
+        except ToolError as e:
+            r.fail(f"helm lint --strict with {name}: {e}")
 
-    defaults = chart.context()["Values"]
+    # Helm itself must refuse values that break the schema.
     def settings(v):
         return v["standalone"]["serverConfig"]["settings"]
 
@@ -390,7 +438,15 @@ def check_chart(r, repo, deploy, base, server):
     for what, mutate in mutations.items():
         v = copy.deepcopy(defaults)
         mutate(v)
-        r.check(bool(errors_of(v)), f"the schema rejects {what}")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", encoding="utf-8") as f:
+            yaml.safe_dump(v, f)
+            f.flush()
+            try:
+                k8s_tools.helm_template(cdir, [f.name])
+                r.fail(f"helm template accepts values with {what}")
+            except ToolError as e:
+                r.check("schema" in str(e).lower(),
+                        f"helm template refuses values with {what} (values.schema.json)", str(e))
 
     # Every .Values reference in the templates exists, every value is used.
     refs = set()
@@ -421,19 +477,21 @@ def check_chart(r, repo, deploy, base, server):
     r.check(not unused, "every value in values.yaml is used by a template", ", ".join(unused))
 
     rendered = {}
-    for name, overrides in variants.items():
+    for name, files in variants.items():
         try:
-            objs = chart.render_objects(overrides)
-            texts = chart.render(overrides)
-        except RenderError as e:
+            text, objs = k8s_tools.helm_template(cdir, files)
+            notes = k8s_tools.helm_notes(cdir, files)
+        except ToolError as e:
             r.fail(f"{name}: the chart does not render: {e}")
             continue
+        with open(os.path.join(out_dir, "chart-" + name.replace("/", "-")), "w",
+                  encoding="utf-8") as f:
+            f.write(text)
         rendered[name] = objs
         bad = [format_key(object_key(o)) for o in objs
                if not (o.get("apiVersion") and o["metadata"].get("name"))]
         r.check(not bad, f"{name}: renders {len(objs)} objects, each with apiVersion and name",
                 ", ".join(bad))
-        notes = texts.get("templates/NOTES.txt", "")
         r.check("vfio-user.io/virtio-blk" in notes and "Sidecar" in notes,
                 f"{name}: NOTES.txt renders with the resource names and KubeVirt prerequisites")
         if server:
@@ -448,7 +506,8 @@ def check_chart(r, repo, deploy, base, server):
             f"chart tests: {len(hooks)} helm.sh/hook=test Job(s)")
 
     # Parity with deploy/: same objects, same settings (labels Helm adds aside).
-    crd_chart = {object_key(o): o for o in chart.crds()}
+    crd_chart = {object_key(o): o for o in rendered.get("values.yaml", [])
+                 if o["kind"] == "CustomResourceDefinition"}
     crd_deploy = {object_key(o): o for o in deploy if o["kind"] == "CustomResourceDefinition"}
     r.check(crd_chart == crd_deploy, "chart crds/ equals deploy/crds/",
             "; ".join(diff(crd_chart, crd_deploy)[:5]) if crd_chart.keys() == crd_deploy.keys()
@@ -458,7 +517,8 @@ def check_chart(r, repo, deploy, base, server):
         if name not in rendered or reference is None:
             continue
         ours = {object_key(o): strip_helm_labels(o) for o in rendered[name]
-                if "helm.sh/hook" not in o["metadata"].get("annotations", {})}
+                if "helm.sh/hook" not in o["metadata"].get("annotations", {}) and
+                o["kind"] != "CustomResourceDefinition"}
         theirs = {object_key(o): o for o in reference
                   if o["kind"] not in ("Namespace", "CustomResourceDefinition")}
         only_chart = sorted(format_key(k) for k in set(ours) - set(theirs))
@@ -485,6 +545,15 @@ def check_alerts(r, repo, objects, documented):
     rules = [o for o in objects if o["kind"] == "PrometheusRule"]
     if not r.check(len(rules) == 1, "deploy/ has one PrometheusRule"):
         return
+    promtool = os.environ.get("PROMTOOL", "")
+    if r.check(bool(promtool) and os.access(promtool, os.X_OK), "promtool is installed"):
+        with tempfile.NamedTemporaryFile("w", suffix=".rules.yaml", encoding="utf-8") as f:
+            yaml.safe_dump({"groups": rules[0]["spec"]["groups"]}, f)
+            f.flush()
+            p = subprocess.run([promtool, "check", "rules", f.name], capture_output=True,
+                               text=True, check=False)
+        r.check(p.returncode == 0, "promtool check rules accepts the PrometheusRule's groups",
+                (p.stdout + p.stderr).strip().replace("\n", " | ")[:400])
     alerts = [rule for g in rules[0]["spec"]["groups"] for rule in g["rules"] if "alert" in rule]
     names = {a["alert"] for a in alerts}
     r.check(REQUIRED_ALERTS <= names, f"alerts {sorted(REQUIRED_ALERTS)} exist",
@@ -555,11 +624,13 @@ def check_dockerfile(r, repo):
     lines = [l.strip() for l in re.sub(r"\\\n", " ", text).splitlines()
              if l.strip() and not l.strip().startswith("#")]
     stages = [l for l in lines if l.upper().startswith("FROM ")]
-    r.check(len(stages) == 2 and re.match(r"FROM debian:bookworm AS build$", stages[0], re.I) and
-            re.match(r"FROM debian:bookworm-slim AS runtime$", stages[1], re.I),
-            "two stages: debian:bookworm (build) and debian:bookworm-slim (runtime)", str(stages))
-    build_runs = " ".join(l for l in lines[: lines.index(stages[1])] if l.startswith("RUN"))
-    run_runs = " ".join(l for l in lines[lines.index(stages[1]):] if l.startswith("RUN"))
+    r.check(len(stages) == 3 and re.match(r"FROM debian:bookworm AS deps$", stages[0], re.I) and
+            re.match(r"FROM deps AS build$", stages[1], re.I) and
+            re.match(r"FROM debian:bookworm-slim AS runtime$", stages[2], re.I),
+            "three stages: debian:bookworm (deps), deps (build), debian:bookworm-slim (runtime)",
+            str(stages))
+    build_runs = " ".join(l for l in lines[: lines.index(stages[-1])] if l.startswith("RUN"))
+    run_runs = " ".join(l for l in lines[lines.index(stages[-1]):] if l.startswith("RUN"))
     r.check("scripts/docker-build-stage.sh deps" in build_runs and
             "scripts/docker-build-stage.sh build" in build_runs,
             "the build stage runs scripts/docker-build-stage.sh deps and build")
@@ -595,19 +666,22 @@ def main():
     version = project_version(repo)
     documented = documented_metrics(repo)
 
-    check_yaml_files(r, repo)
-    rendered = check_kustomize(r, repo)
-    deploy = rendered.get("deploy")
-    if deploy is not None:
-        check_deploy_objects(r, repo, deploy, version)
-        check_against_operator_render(r, repo, deploy)
-        check_examples(r, repo, version)
-        check_alerts(r, repo, deploy, documented)
-        if args.server:
-            cm = next(o for o in deploy if o["kind"] == "ConfigMap")
-            check_server_config(r, args.server, cm["data"]["server.yaml"],
-                                "deploy/ standalone server.yaml")
-    check_chart(r, repo, deploy or [], rendered.get("deploy/base"), args.server)
+    with tempfile.TemporaryDirectory(prefix="vfu-rendered-") as out_dir:
+        check_yaml_files(r, repo)
+        rendered = check_kustomize(r, repo, out_dir)
+        deploy = rendered.get("deploy")
+        if deploy is not None:
+            check_deploy_objects(r, repo, deploy, version)
+            check_against_operator_render(r, repo, deploy)
+            check_examples(r, repo, version)
+            check_crd_examples(r, repo, deploy)
+            check_alerts(r, repo, deploy, documented)
+            if args.server:
+                cm = next(o for o in deploy if o["kind"] == "ConfigMap")
+                check_server_config(r, args.server, cm["data"]["server.yaml"],
+                                    "deploy/ standalone server.yaml")
+        check_chart(r, repo, deploy or [], rendered.get("deploy/base"), args.server, out_dir)
+        check_schemas(r, repo, out_dir)
     check_dashboards(r, repo, documented)
     check_dockerfile(r, repo)
     return r.finish()
