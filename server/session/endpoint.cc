@@ -1,11 +1,15 @@
 #include "server/session/endpoint.h"
 
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <string>
+
+#include "server/common/filesystem.h"
 
 namespace vfu {
 
@@ -25,13 +29,10 @@ Status DeviceEndpoint::Start() {
   if (!listener) return listener.error();
   listener_ = std::move(*listener);
   if (owner_) {
-    if (::chmod(socket_path_.c_str(), owner_->mode) != 0 ||
-        ::chown(socket_path_.c_str(), owner_->uid, owner_->gid) != 0) {
-      int err = errno;
+    if (Status st = SetSocketOwnerNoFollow(socket_path_, owner_->uid, owner_->gid, owner_->mode);
+        !st.ok()) {
       listener_ = UnixListener();
-      return MakeError(err, "cannot set owner " + std::to_string(owner_->uid) + ":" +
-                                std::to_string(owner_->gid) + " and mode of " + socket_path_ +
-                                ": " + std::strerror(err));
+      return st;
     }
   }
   Status s = reactor_->Add(listener_.fd(), EPOLLIN, [this](uint32_t) { OnAccept(); });

@@ -1,11 +1,16 @@
 // ParentDirectory and CreateParentDirectories: the mkdir -p used for device and control sockets.
 #include "server/common/filesystem.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 #include <gtest/gtest.h>
 
+#include "server/common/unique_fd.h"
 #include "tests/support/subprocess.h"
 
 namespace vfu {
@@ -54,6 +59,66 @@ TEST(Filesystem, AFileInTheWayIsAClearError) {
   Status s = CreateParentDirectories(dir.File("a/b/x.sock"));
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("cannot create"), std::string::npos) << s.message();
+}
+
+int BindSocket(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  return fd;
+}
+
+TEST(Filesystem, SetSocketOwnerNoFollowChangesTheSocket) {
+  testing::TempDir dir;
+  std::string sock = dir.File("s.sock");
+  UniqueFd fd(BindSocket(sock));
+  Status s = SetSocketOwnerNoFollow(sock, 107, 108, 0640);
+  ASSERT_TRUE(s.ok()) << s.message();
+  struct stat st {};
+  ASSERT_EQ(::lstat(sock.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  EXPECT_EQ(st.st_uid, 107u);
+  EXPECT_EQ(st.st_gid, 108u);
+}
+
+// The socket swapped for a symlink to another file (by whoever may write into the socket's
+// directory) between bind and chown: the file the symlink names must keep its owner and mode.
+TEST(Filesystem, SetSocketOwnerNoFollowRefusesASymlinkAndLeavesItsTargetAlone) {
+  testing::TempDir dir;
+  std::string target = dir.File("precious");
+  {
+    std::FILE* f = std::fopen(target.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+  }
+  ASSERT_EQ(::chmod(target.c_str(), 0600), 0);
+  std::string sock = dir.File("s.sock");
+  ASSERT_EQ(::symlink(target.c_str(), sock.c_str()), 0);
+  Status s = SetSocketOwnerNoFollow(sock, 107, 108, 0666);
+  EXPECT_FALSE(s.ok());
+  struct stat st {};
+  ASSERT_EQ(::stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_uid, ::geteuid());
+}
+
+TEST(Filesystem, SetSocketOwnerNoFollowRefusesARegularFile) {
+  testing::TempDir dir;
+  std::string file = dir.File("not-a-socket");
+  {
+    std::FILE* f = std::fopen(file.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+  }
+  ASSERT_EQ(::chmod(file.c_str(), 0600), 0);
+  Status s = SetSocketOwnerNoFollow(file, 107, 108, 0666);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("not a socket"), std::string::npos) << s.message();
+  struct stat st {};
+  ASSERT_EQ(::stat(file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
 }  // namespace
