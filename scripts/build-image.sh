@@ -15,7 +15,8 @@
 #                    directory, `ccache -k cache_dir`, so the image reuses host builds' objects)
 #   --no-ccache      compile the build stage from scratch
 #   --no-cache       ignore buildah's layer cache
-#   --refresh-base   debootstrap the base images again (Debian point releases, security fixes)
+#   --refresh-base   debootstrap the base images again (Debian point releases, security fixes;
+#                    done anyway when they are older than IMAGE_BASE_MAX_AGE_DAYS, default 7)
 #
 # Runs `buildah bud --isolation chroot --storage-driver vfs --pull=never --layers` as root: no
 # registry is needed. The base images debian:bookworm and debian:bookworm-slim are imported from
@@ -95,8 +96,11 @@ fi
 bah=(buildah --storage-driver vfs)
 
 mkdir -p "$cache"
-exec 9>"$cache/lock"
-flock -w 3600 9 || die "another build-image.sh holds $cache/lock for over an hour"
+# One lock for the machine, not per checkout: buildah's storage (and the prune below) is shared
+# by every checkout on it.
+lock=/run/lock/vfio-user-image.lock
+exec 9>"$lock"
+flock -w 3600 9 || die "another build-image.sh holds $lock for over an hour"
 
 # ---- base images from debootstrapped roots -------------------------------------------------
 # Like the official images (debuerreotype): minbase, apt sources for bookworm, -updates and
@@ -201,6 +205,15 @@ import_base() {
   trap - EXIT
 }
 
+# Roots debootstrapped more than IMAGE_BASE_MAX_AGE_DAYS (default 7) days ago are made again, so
+# that an image built with the defaults does not keep old packages (security updates) for ever:
+# the layer cache rests on the base images, so every layer above them is rebuilt too.
+max_age=${IMAGE_BASE_MAX_AGE_DAYS:-7}
+if ((!refresh_base)) && [[ -f "$roots/bookworm.done" &&
+  -n "$(find "$roots/bookworm.done" -mtime +"$max_age" 2>/dev/null)" ]]; then
+  log "the base roots are older than $max_age days: debootstrapping them again"
+  refresh_base=1
+fi
 if ((refresh_base)); then
   rm -rf --one-file-system "$roots"
 fi

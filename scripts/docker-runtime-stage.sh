@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The runtime stage of the container image (Dockerfile, stage "runtime"), kept in a script so
-# that scripts/check-packaging.sh runs the same steps in a debootstrapped bookworm root.
+# The runtime stage of the container image (Dockerfile, stage "runtime"), kept in a script of
+# its own (scripts/build-image.sh builds the Dockerfile, scripts/packaging/check-image.sh checks
+# the result).
 #
 #   docker-runtime-stage.sh PACKAGE_LIST
 #

@@ -80,8 +80,10 @@ trap 'exit 130' INT TERM
 
 # Not while scripts/build-image.sh is (re)building it.
 mkdir -p "$cache"
-exec 9>"$cache/lock"
-flock -w 3600 9 || { echo "check-image: FAIL: $cache/lock held by a build for over an hour" >&2; exit 1; }
+# One lock for the machine: buildah's storage is shared by every checkout on it.
+lock=/run/lock/vfio-user-image.lock
+exec 9>"$lock"
+flock -w 3600 9 || { echo "check-image: FAIL: $lock held by a build for over an hour" >&2; exit 1; }
 
 if ! "${bah[@]}" inspect --type image "$image" >/dev/null 2>&1; then
   echo "check-image: FAIL: no image $image in buildah's storage: build it with scripts/build-image.sh" >&2
@@ -193,7 +195,9 @@ for name in "${binaries[@]}"; do
       fail "$name $arg exits non-zero as 65532:65532 in the image: ${out:0:300}"
       good=0
     elif [[ "$arg" == --version && "$out" != *"$project_version"* ]]; then
-      note "$name --version says '$out', the source's version is $project_version"
+      fail "$name --version says '$out', but this checkout's version is $project_version" \
+        "(an image built from other sources?)"
+      good=0
     fi
   done
   ((good)) && ok "$name: libraries resolved, --help and --version run as 65532:65532"

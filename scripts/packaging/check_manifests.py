@@ -41,6 +41,11 @@ HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by"}
 REQUIRED_ALERTS = {"VfioUserDeviceUnhealthy", "VfioUserPluginNotRegistered", "VfioUserServerDown",
                    "VfioUserDeviceIOErrors", "VfioUserPollThreadSaturated"}
 PROMETHEUS_BUILTIN_METRICS = {"up"}
+# RBAC the project's roles must never hold (checked on the rendered roles).
+RISKY_RESOURCES = {"secrets", "pods/exec", "pods/attach", "pods/portforward", "nodes/proxy",
+                   "serviceaccounts/token", "certificatesigningrequests/approval"}
+RISKY_VERBS = {"escalate", "bind", "impersonate"}
+READ_ONLY_RESOURCES = {"nodes", "virtualmachineinstances"}  # looked at, never changed
 METRIC_TOKEN = re.compile(r"\b(vfio_user_[a-z0-9_]*[a-z0-9])\b")
 
 
@@ -223,6 +228,14 @@ def check_deploy_objects(r, repo, objects, version):
                     if "*" in (rule.get("verbs", []) + rule.get("resources", []) +
                                rule.get("apiGroups", []))]
             r.check(not wild, f"{format_key(object_key(o))}: no wildcard rules", json.dumps(wild))
+            # What no component of this project needs, and what would let a compromised
+            # operator read credentials, run code in pods or grant itself more.
+            risky = [f"{v} {res}" for rule in o.get("rules", [])
+                     for res in rule.get("resources", []) for v in rule.get("verbs", [])
+                     if res in RISKY_RESOURCES or v in RISKY_VERBS or
+                     (res in READ_ONLY_RESOURCES and v not in ("get", "list", "watch"))]
+            r.check(not risky, f"{format_key(object_key(o))}: no access to secrets, pod exec/"
+                    "attach, node proxy, and no escalate/bind/impersonate", ", ".join(risky))
         if o["kind"] in ("ClusterRoleBinding", "RoleBinding"):
             ref = o["roleRef"]
             role_ns = "" if ref["kind"] == "ClusterRole" else o["metadata"].get("namespace", "")

@@ -29,7 +29,11 @@ def tool(name):
 
 def run(argv):
     """Runs argv; returns stdout, or raises ToolError with the command and its stderr."""
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"`{' '.join([os.path.basename(argv[0])] + argv[1:])}` did not finish "
+                        "within 300 s") from None
     if p.returncode != 0:
         lines = (p.stdout + "\n" + p.stderr).strip().splitlines()
         # helm lint prints its findings ("[ERROR] ...") on stdout and a summary on stderr.

@@ -17,9 +17,9 @@
 //   node validate-k8s.mjs --modules DIR [--skip-kind KIND]... FILE...
 //
 // DIR is the node_modules folder that scripts/packaging/install-tools.sh fills. Each FILE is a
-// multi-document YAML file. Prints one line per object ("ok:" or "FAIL:" with the paths that are
-// wrong) and ends with "N passed, N failed"; exits 1 when an object fails or has no schema (kinds
-// named with --skip-kind are validated elsewhere, e.g. the project's own CRD kinds).
+// multi-document YAML file. Prints a "FAIL:" line for each object that fails (with the paths that
+// are wrong) and ends with "N passed, N failed"; exits 1 when an object fails or has no schema
+// (kinds named with --skip-kind are validated elsewhere, e.g. the project's own CRD kinds).
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";

@@ -3,6 +3,7 @@
 
 Usage: kubevirt-sandbox-domain.py IN.xml OUT.xml --emulator PATH --kernel PATH --initrd PATH
                                   --cmdline TEXT --serial-log PATH
+       kubevirt-sandbox-domain.py --compare-kept HOOK.xml DEFINED.xml
 
 The kubevirt-libvirt scenario of run-scenarios.sh hands the result to libvirt (virsh define,
 virsh start). Only what this sandbox cannot provide is changed; each change is printed on
@@ -22,7 +23,9 @@ stderr ("sandbox: ..."):
     output, which the test reads, goes.
 
 Everything else stays as the hook produced it, in particular <memoryBacking> and the
-vfio-user-pci arguments in <qemu:commandline>; this script checks that they are unchanged.
+vfio-user-pci arguments in <qemu:commandline>. --compare-kept checks that those two arrived
+in the domain libvirt defined (`virsh dumpxml`) as the hook produced them (compared as XML:
+attribute order and whitespace aside); it prints both versions and exits 1 when they differ.
 """
 import argparse
 import sys
@@ -40,7 +43,40 @@ def fail(text):
     sys.exit(1)
 
 
+def canonical(e):
+    """An element as a comparable value: tag, sorted attributes, stripped text, children."""
+    return (e.tag, tuple(sorted(e.attrib.items())), (e.text or "").strip(),
+            tuple(canonical(c) for c in e))
+
+
+def kept_parts(path):
+    dom = ET.parse(path).getroot()
+    return {
+        "memoryBacking": [canonical(e) for e in dom.findall("memoryBacking")],
+        "qemu:commandline": [canonical(e) for e in dom.findall("{%s}commandline" % QEMU_NS)],
+    }
+
+
+def compare_kept(hook_xml, defined_xml):
+    hook, defined = kept_parts(hook_xml), kept_parts(defined_xml)
+    bad = False
+    for part in hook:
+        if not hook[part]:
+            print("%s: the hook's domain has no <%s>" % (hook_xml, part), file=sys.stderr)
+            bad = True
+        elif hook[part] != defined[part]:
+            print("<%s> differs:\n  hook:    %s\n  defined: %s" % (part, hook[part], defined[part]),
+                  file=sys.stderr)
+            bad = True
+    if not bad:
+        print("sandbox: libvirt's defined domain keeps the hook's <memoryBacking> and "
+              "<qemu:commandline>", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--compare-kept":
+        sys.exit(compare_kept(sys.argv[2], sys.argv[3]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input")
     p.add_argument("output")
