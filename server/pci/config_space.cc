@@ -193,4 +193,23 @@ void ConfigSpace::Write(uint32_t off, std::span<const uint8_t> data) {
   }
 }
 
+inline constexpr uint16_t kConfigSpaceStateVersion = 1;
+
+void ConfigSpace::SaveState(state::Writer& w) const {
+  size_t mark = w.BeginSection(state::Tag::kConfigSpace, kConfigSpaceStateVersion);
+  w.Bytes(bytes_);
+  w.EndSection(mark);
+}
+
+Status ConfigSpace::RestoreState(state::Reader& r) {
+  state::Reader s = r.Section(state::Tag::kConfigSpace, kConfigSpaceStateVersion, nullptr);
+  std::vector<uint8_t> bytes(bytes_.size());
+  s.BytesInto(bytes);
+  s.ExpectEnd();
+  if (!s.ok()) return s.status();
+  if (!r.ok()) return r.status();
+  bytes_ = std::move(bytes);
+  return Status::Ok();
+}
+
 }  // namespace vfu::pci

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "server/common/status.h"
+#include "server/state/record.h"
 
 namespace vfu::pci {
 
@@ -119,6 +120,12 @@ class ConfigSpace {
   // Back to the power-on values recorded by SnapshotResetState().
   void SnapshotResetState() { reset_bytes_ = bytes_; }
   void Reset() { bytes_ = reset_bytes_; }
+
+  // State that can leave the process (server/state/record.h): the live bytes. Masks, reset
+  // values, capabilities and BAR sizes are device setup, which the device's constructor
+  // rebuilds; a record of a config space of another size is refused. All or nothing.
+  void SaveState(state::Writer& w) const;
+  Status RestoreState(state::Reader& r);
 
  private:
   std::vector<uint8_t> bytes_;

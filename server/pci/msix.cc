@@ -201,4 +201,38 @@ void Msix::Reset() {
   pending_.assign(vectors_, false);
 }
 
+inline constexpr uint16_t kMsixStateVersion = 1;
+
+void Msix::SaveState(state::Writer& w) const {
+  size_t mark = w.BeginSection(state::Tag::kMsix, kMsixStateVersion);
+  w.U32(vectors_);
+  w.Bytes(table_);
+  w.Bits(written_);
+  w.Bits(pending_);
+  w.EndSection(mark);
+}
+
+Status Msix::RestoreState(state::Reader& r) {
+  state::Reader s = r.Section(state::Tag::kMsix, kMsixStateVersion, nullptr);
+  uint32_t vectors = s.U32();
+  if (s.ok() && vectors != vectors_) {
+    s.Fail("a table of " + std::to_string(vectors) + " vectors, this device has " +
+           std::to_string(vectors_));
+  }
+  std::vector<uint8_t> table(table_.size());
+  s.BytesInto(table);
+  std::vector<bool> written = s.Bits(kMsixMaxVectors);
+  std::vector<bool> pending = s.Bits(kMsixMaxVectors);
+  if (s.ok() && (written.size() != vectors_ || pending.size() != vectors_)) {
+    s.Fail("written/pending arrays do not match the table");
+  }
+  s.ExpectEnd();
+  if (!s.ok()) return s.status();
+  if (!r.ok()) return r.status();
+  table_ = std::move(table);
+  written_ = std::move(written);
+  pending_ = std::move(pending);
+  return Status::Ok();
+}
+
 }  // namespace vfu::pci

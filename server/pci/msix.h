@@ -107,6 +107,13 @@ class Msix {
   // (Enable and Function Mask are reset with config space.)
   void Reset();
 
+  // State that can leave the process (server/state/record.h): the table, which entries the
+  // client wrote, the vectors pending here. Enable and Function Mask live in config space,
+  // which is saved on its own. A record for another number of vectors is refused; all or
+  // nothing.
+  void SaveState(state::Writer& w) const;
+  Status RestoreState(state::Reader& r);
+
  private:
   bool Inside(int bar, uint64_t offset, uint64_t len, int window_bar, uint64_t window_offset,
               uint64_t window_size) const;

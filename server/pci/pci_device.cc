@@ -222,4 +222,35 @@ void PciDevice::UpdateIntxStatus() {
   config_.Set16(kStatus, status);
 }
 
+inline constexpr uint16_t kPciFunctionStateVersion = 1;
+
+void PciDevice::SavePciState(state::Writer& w) const {
+  config_.SaveState(w);
+  size_t mark = w.BeginSection(state::Tag::kPciFunction, kPciFunctionStateVersion);
+  w.Bool(intx_asserted_);
+  w.Bool(msix_.initialized());
+  w.EndSection(mark);
+  if (msix_.initialized()) msix_.SaveState(w);
+}
+
+Status PciDevice::RestorePciState(state::Reader& r) {
+  ConfigSpace config = config_;
+  VFU_RETURN_IF_ERROR(config.RestoreState(r));
+  state::Reader s = r.Section(state::Tag::kPciFunction, kPciFunctionStateVersion, nullptr);
+  bool intx = s.Bool();
+  bool has_msix = s.Bool();
+  if (s.ok() && has_msix != msix_.initialized()) {
+    s.Fail(has_msix ? "the record has MSI-X, this device has none"
+                    : "the record has no MSI-X, this device has it");
+  }
+  s.ExpectEnd();
+  if (!s.ok()) return s.status();
+  if (!r.ok()) return r.status();
+  // MSI-X restores all or nothing itself, and is the last part that can fail.
+  if (msix_.initialized()) VFU_RETURN_IF_ERROR(msix_.RestoreState(r));
+  config_ = std::move(config);
+  intx_asserted_ = intx;
+  return Status::Ok();
+}
+
 }  // namespace vfu::pci

@@ -74,6 +74,13 @@ class PciDevice : public VfioDevice {
   // The guest turned MSI-X on (Enable bit of Message Control).
   bool msix_enabled() const { return msix_.enabled(); }
 
+  // State that can leave the process (server/state/record.h): config space, the INTx line and
+  // MSI-X (table, written entries, pending vectors). The device's setup (BARs, capabilities,
+  // masks) comes from its constructor in the new process; a record of another layout is
+  // refused. All or nothing: on an error nothing has changed.
+  void SavePciState(state::Writer& w) const;
+  Status RestorePciState(state::Reader& r);
+
   // Offsets of the automatic capabilities (0 when absent).
   uint32_t express_cap_offset() const { return express_cap_; }
   uint32_t pm_cap_offset() const { return pm_cap_; }

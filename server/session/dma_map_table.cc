@@ -1,5 +1,6 @@
 #include "server/session/dma_map_table.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -61,7 +62,12 @@ Status DmaMapTable::Map(uint64_t iova, uint64_t size, uint64_t offset, uint32_t 
     if (!mapping) return mapping.error();
     region.mapping = std::make_shared<const MemoryMapping>(std::move(*mapping));
     region.host = region.mapping->data();
-    // The fd itself is not needed once mapped; it is closed here (UniqueFd).
+    region.offset = offset;
+    region.has_fd = true;
+    if (kept_fds_ < kMaxKeptFds) {
+      region.fd = std::make_shared<const UniqueFd>(std::move(fd));
+      ++kept_fds_;
+    }
   }
   regions_.emplace(iova, std::move(region));
   last_hit_ = nullptr;
@@ -73,6 +79,7 @@ Status DmaMapTable::Unmap(uint64_t iova, uint64_t size) {
   if (it == regions_.end() || it->second.size != size) {
     return MakeError(ENOENT, "no DMA map is exactly [" + Hex(iova) + ", +" + Hex(size) + ")");
   }
+  if (it->second.fd != nullptr) --kept_fds_;
   regions_.erase(it);
   last_hit_ = nullptr;
   return Status::Ok();
@@ -179,6 +186,62 @@ Status DmaMapTable::Write(uint64_t iova, std::span<const uint8_t> data) {
     std::memcpy(*p, data.data() + done, chunk);
     done += chunk;
   }
+  return Status::Ok();
+}
+
+inline constexpr uint16_t kDmaMapsStateVersion = 1;
+
+Status DmaMapTable::SaveState(state::Writer& w) const {
+  for (const auto& [iova, r] : regions_) {
+    if (r.has_fd && r.fd == nullptr) {
+      return MakeError(E2BIG, "the DMA map at " + Hex(iova) + " did not keep its fd (more than " +
+                                  std::to_string(kMaxKeptFds) + " maps with fds)");
+    }
+  }
+  size_t mark = w.BeginSection(state::Tag::kDmaMaps, kDmaMapsStateVersion);
+  w.U32(static_cast<uint32_t>(regions_.size()));
+  for (const auto& [iova, r] : regions_) {
+    w.U64(r.iova);
+    w.U64(r.size);
+    w.U64(r.offset);
+    w.U32((r.readable ? wire::kDmaFlagRead : 0) | (r.writable ? wire::kDmaFlagWrite : 0));
+    w.Bool(r.fd != nullptr);
+    if (r.fd != nullptr) w.Fd(r.fd->get());
+  }
+  w.EndSection(mark);
+  return Status::Ok();
+}
+
+Status DmaMapTable::RestoreState(state::Reader& r) {
+  state::Reader s = r.Section(state::Tag::kDmaMaps, kDmaMapsStateVersion, nullptr);
+  uint32_t count = s.U32();
+  if (s.ok() && count > max_regions_) {
+    s.Fail(std::to_string(count) + " maps, this session allows " + std::to_string(max_regions_));
+  }
+  DmaMapTable restored(max_regions_);
+  for (uint32_t i = 0; i < count && s.ok(); ++i) {
+    uint64_t iova = s.U64();
+    uint64_t size = s.U64();
+    uint64_t offset = s.U64();
+    uint32_t flags = s.U32();
+    bool has_fd = s.Bool();
+    int fd = has_fd ? s.Fd() : -1;
+    if (!s.ok()) break;
+    UniqueFd own;
+    if (has_fd) {
+      own.Reset(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+      if (!own) return MakeError(errno, "DMA map state: cannot duplicate a map's fd");
+    }
+    if (Status st = restored.Map(iova, size, offset, flags, std::move(own)); !st.ok()) {
+      return MakeError(st.code(), "DMA map state: " + st.message());
+    }
+  }
+  s.ExpectEnd();
+  if (!s.ok()) return s.status();
+  if (!r.ok()) return r.status();
+  regions_ = std::move(restored.regions_);
+  kept_fds_ = restored.kept_fds_;
+  last_hit_ = nullptr;
   return Status::Ok();
 }
 

@@ -14,6 +14,7 @@
 #include "server/common/status.h"
 #include "server/common/unique_fd.h"
 #include "server/session/device.h"
+#include "server/state/record.h"
 
 namespace vfu {
 
@@ -25,9 +26,19 @@ class DmaMapTable : public GuestMemory {
     bool readable = false;
     bool writable = false;
     uint8_t* host = nullptr;  // the mapping's start; null when the client passed no fd
+    bool has_fd = false;      // the client passed an fd
     // Shared so that Retain() can keep it mapped past an unmap.
     std::shared_ptr<const MemoryMapping> mapping;
+    // The client's fd and offset, kept so that the map can be handed to another process with
+    // the rest of the session's state (SaveState). Null when the client passed no fd, and for
+    // maps beyond kMaxKeptFds (their state cannot be saved then).
+    std::shared_ptr<const UniqueFd> fd;
+    uint64_t offset = 0;
   };
+
+  // At most this many maps keep their fd: a client cannot make the server hold more fds than
+  // that (QEMU maps guest RAM in a few dozen regions at most).
+  static constexpr size_t kMaxKeptFds = 256;
 
   explicit DmaMapTable(size_t max_regions) : max_regions_(max_regions) {}
 
@@ -39,8 +50,16 @@ class DmaMapTable : public GuestMemory {
   Status Unmap(uint64_t iova, uint64_t size);
   void UnmapAll() {
     regions_.clear();
+    kept_fds_ = 0;
     last_hit_ = nullptr;
   }
+
+  // State that can leave the process (server/state/record.h): every map's range, permissions,
+  // offset and fd. RestoreState maps them again from those fds (the Reader's, borrowed: it
+  // duplicates them) into an empty table; all or nothing.
+  // SaveState fails (E2BIG) when a map with an fd did not keep it (more than kMaxKeptFds maps).
+  Status SaveState(state::Writer& w) const;
+  Status RestoreState(state::Reader& r);
 
   size_t size() const { return regions_.size(); }
   uint64_t mapped_bytes() const;
@@ -59,6 +78,7 @@ class DmaMapTable : public GuestMemory {
   Status CheckUsable(const Region& r, uint64_t iova, Access access) const;
 
   size_t max_regions_;
+  size_t kept_fds_ = 0;
   std::map<uint64_t, Region> regions_;  // keyed by iova
   Region* last_hit_ = nullptr;          // the region Find returned last (reset on any change)
 };

@@ -191,4 +191,60 @@ size_t IrqTable::eventfd_count() const {
   return n;
 }
 
+inline constexpr uint16_t kIrqsStateVersion = 1;
+
+void IrqTable::SaveState(state::Writer& w) const {
+  size_t mark = w.BeginSection(state::Tag::kIrqs, kIrqsStateVersion);
+  w.U32(static_cast<uint32_t>(indexes_.size()));
+  for (const Index& idx : indexes_) {
+    w.U32(static_cast<uint32_t>(idx.vectors.size()));
+    for (const Vector& v : idx.vectors) {
+      w.Bool(v.trigger.valid());
+      if (v.trigger.valid()) w.Fd(v.trigger.get());
+      w.Bool(v.masked);
+      w.Bool(v.pending);
+    }
+  }
+  w.U64(delivered_);
+  w.EndSection(mark);
+}
+
+Status IrqTable::RestoreState(state::Reader& r) {
+  state::Reader s = r.Section(state::Tag::kIrqs, kIrqsStateVersion, nullptr);
+  uint32_t count = s.U32();
+  if (s.ok() && count != indexes_.size()) {
+    s.Fail(std::to_string(count) + " IRQ indexes, this device has " +
+           std::to_string(indexes_.size()));
+  }
+  std::vector<std::vector<Vector>> vectors(indexes_.size());
+  for (size_t i = 0; i < indexes_.size() && s.ok(); ++i) {
+    uint32_t n = s.U32();
+    if (s.ok() && n != indexes_[i].vectors.size()) {
+      s.Fail("IRQ index " + std::to_string(i) + " has " + std::to_string(n) +
+             " vectors, this device has " + std::to_string(indexes_[i].vectors.size()));
+    }
+    vectors[i].resize(n);
+    for (uint32_t j = 0; j < n && s.ok(); ++j) {
+      Vector& v = vectors[i][j];
+      if (s.Bool()) {
+        int fd = s.Fd();
+        if (!s.ok()) break;
+        VFU_RETURN_IF_ERROR(CheckIsEventfd(fd, j));
+        v.trigger.Reset(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+        if (!v.trigger) return MakeError(errno, "IRQ state: cannot duplicate an eventfd");
+        VFU_RETURN_IF_ERROR(MakeNonBlocking(v.trigger.get(), j));
+      }
+      v.masked = s.Bool();
+      v.pending = s.Bool();
+    }
+  }
+  uint64_t delivered = s.U64();
+  s.ExpectEnd();
+  if (!s.ok()) return s.status();
+  if (!r.ok()) return r.status();
+  for (size_t i = 0; i < indexes_.size(); ++i) indexes_[i].vectors = std::move(vectors[i]);
+  delivered_ = delivered;
+  return Status::Ok();
+}
+
 }  // namespace vfu

@@ -13,6 +13,7 @@
 #include "server/common/unique_fd.h"
 #include "server/protocol/codec.h"
 #include "server/session/device.h"
+#include "server/state/record.h"
 
 namespace vfu {
 
@@ -41,6 +42,13 @@ class IrqTable {
 
   // Drops every eventfd and pending bit and unmasks all (client detached).
   void Clear();
+
+  // State that can leave the process (server/state/record.h): per index and vector the eventfd
+  // (as an fd of the record), the mask and the pending bit. RestoreState checks the shape
+  // against this device's indexes and every fd (an eventfd, made non-blocking), duplicates the
+  // fds and only then replaces the table; all or nothing.
+  void SaveState(state::Writer& w) const;
+  Status RestoreState(state::Reader& r);
   size_t eventfd_count() const;
   uint64_t delivered() const { return delivered_; }
 

@@ -511,4 +511,113 @@ void VirtioPciDevice::CollectCounters(DeviceCounters* out) const {
   out->interrupts += stats_.interrupts;
 }
 
+// --- state that can leave the process -------------------------------------------------------
+
+inline constexpr uint16_t kVirtioPciStateVersion = 1;
+
+Status VirtioPciDevice::SaveState(state::Writer& w) const {
+  if (device_->inflight() != 0) {
+    return MakeError(EBUSY, std::to_string(device_->inflight()) +
+                                " requests are in flight: drain the device before saving it");
+  }
+  size_t mark = w.BeginSection(state::Tag::kVirtioPci, kVirtioPciStateVersion);
+  w.U32(device_feature_select_);
+  w.U32(driver_feature_select_);
+  w.U64(driver_features_);
+  w.U16(config_msix_vector_);
+  w.U8(status_);
+  w.U8(config_generation_);
+  w.U16(queue_select_);
+  w.U8(isr_);
+  w.Bool(active_);
+  w.Bool(notifications_enabled_);
+  w.Bool(any_stale_);
+  w.U16(static_cast<uint16_t>(queues_.size()));
+  for (const Queue& q : queues_) {
+    w.U16(q.size);
+    w.U16(q.msix_vector);
+    w.Bool(q.enabled);
+    w.U64(q.desc);
+    w.U64(q.driver);
+    w.U64(q.device);
+    w.Bool(q.stale);
+    w.U16(q.saved_last_avail);
+    w.U16(q.saved_used);
+    q.ring.SaveState(w);
+  }
+  w.EndSection(mark);
+  SavePciState(w);
+  return Status::Ok();
+}
+
+Status VirtioPciDevice::RestoreState(state::Reader& r) {
+  state::Reader s = r.Section(state::Tag::kVirtioPci, kVirtioPciStateVersion, nullptr);
+  uint32_t device_feature_select = s.U32();
+  uint32_t driver_feature_select = s.U32();
+  uint64_t driver_features = s.U64();
+  uint16_t config_msix_vector = s.U16();
+  uint8_t status = s.U8();
+  uint8_t config_generation = s.U8();
+  uint16_t queue_select = s.U16();
+  uint8_t isr = s.U8();
+  bool active = s.Bool();
+  bool notifications_enabled = s.Bool();
+  bool any_stale = s.Bool();
+  uint16_t count = s.U16();
+  if (s.ok() && count != queues_.size()) {
+    s.Fail(std::to_string(count) + " queues, this device has " + std::to_string(queues_.size()));
+  }
+  if (s.ok() && (driver_features & ~offered_features()) != 0) {
+    s.Fail("driver features " + std::to_string(driver_features) + " were not all offered here");
+  }
+  if (active && memory() == nullptr) s.Fail("an active device needs the client's memory");
+  std::vector<Queue> queues(s.ok() ? count : 0);
+  for (Queue& q : queues) {
+    q.size = s.U16();
+    q.msix_vector = s.U16();
+    q.enabled = s.Bool();
+    q.desc = s.U64();
+    q.driver = s.U64();
+    q.device = s.U64();
+    q.stale = s.Bool();
+    q.saved_last_avail = s.U16();
+    q.saved_used = s.U16();
+    if (s.ok() && (q.size == 0 || q.size > device_->max_queue_size())) {
+      s.Fail("a queue of size " + std::to_string(q.size) + ", at most " +
+             std::to_string(device_->max_queue_size()) + " here");
+    }
+    if (!s.ok()) break;
+    // The ring is checked against the client's memory now; nothing changes until all is read.
+    if (Status st = q.ring.RestoreState(s, memory()); !st.ok()) return st;
+  }
+  s.ExpectEnd();
+  if (!s.ok()) return s.status();
+  if (!r.ok()) return r.status();
+  VFU_RETURN_IF_ERROR(RestorePciState(r));  // all or nothing itself; the last check
+
+  if (active_) device_->Reset();
+  queues_ = std::move(queues);
+  device_feature_select_ = device_feature_select;
+  driver_feature_select_ = driver_feature_select;
+  driver_features_ = driver_features;
+  config_msix_vector_ = config_msix_vector;
+  status_ = status;
+  config_generation_ = config_generation;
+  queue_select_ = queue_select;
+  isr_ = isr;
+  any_stale_ = any_stale;
+  active_ = false;
+  if (active) {
+    // The device takes the queues as they are (their positions restored), as at DRIVER_OK.
+    if (Status st = device_->Activate(this); !st.ok()) {
+      ResetTransport();
+      return MakeError(st.code(),
+                       "virtio-pci state: the device refused its queues: " + st.message());
+    }
+    active_ = true;
+  }
+  notifications_enabled_ = notifications_enabled;
+  return Status::Ok();
+}
+
 }  // namespace vfu::virtio

@@ -107,6 +107,16 @@ class VirtioPciDevice : public pci::PciDevice, public Poller, public VirtioConte
   void ConfigChanged() override;
   GuestMemory* memory() override;
 
+  // State that can leave the process (server/state/record.h): the virtio transport (features
+  // and their selectors, status, config generation and vector, queue select, ISR, each queue's
+  // size, vector, enable, addresses and ring position, paused "stale" queues) followed by the
+  // PCI function (config space, INTx, MSI-X). The device must have no request in flight
+  // (SaveState fails with EBUSY otherwise: the caller drains first). RestoreState needs the
+  // restored client attached (its memory holds the rings): it checks the whole record before
+  // it changes anything, then re-activates the device if the driver had (DRIVER_OK).
+  Status SaveState(state::Writer& w) const;
+  Status RestoreState(state::Reader& r);
+
   VirtioDevice* device() { return device_.get(); }
   uint8_t device_status() const { return status_; }
   const VirtioPciStats& stats() const { return stats_; }

@@ -330,4 +330,65 @@ void SplitVirtqueue::DisableNotifications() {
   if (!config_.event_idx) StoreRelaxed16(used_ + kUsedFlags, kUsedFlagNoNotify);
 }
 
+inline constexpr uint16_t kVirtqueueStateVersion = 1;
+
+void SplitVirtqueue::SaveState(state::Writer& w) const {
+  size_t mark = w.BeginSection(state::Tag::kVirtqueue, kVirtqueueStateVersion);
+  w.Bool(ready());
+  w.U16(config_.size);
+  w.U64(config_.desc_addr);
+  w.U64(config_.avail_addr);
+  w.U64(config_.used_addr);
+  w.Bool(config_.event_idx);
+  w.Bool(config_.indirect);
+  w.U16(last_avail_idx_);
+  w.U16(used_idx_);
+  w.U16(signalled_used_);
+  w.Bool(signalled_used_valid_);
+  w.Bool(notifications_enabled_);
+  w.EndSection(mark);
+}
+
+Status SplitVirtqueue::RestoreState(state::Reader& r, GuestMemory* memory) {
+  state::Reader s = r.Section(state::Tag::kVirtqueue, kVirtqueueStateVersion, nullptr);
+  bool was_ready = s.Bool();
+  QueueConfig config;
+  config.size = s.U16();
+  config.desc_addr = s.U64();
+  config.avail_addr = s.U64();
+  config.used_addr = s.U64();
+  config.event_idx = s.Bool();
+  config.indirect = s.Bool();
+  uint16_t last_avail = s.U16();
+  uint16_t used = s.U16();
+  uint16_t signalled_used = s.U16();
+  bool signalled_used_valid = s.Bool();
+  bool notifications_enabled = s.Bool();
+  s.ExpectEnd();
+  if (!s.ok()) return s.status();
+  if (!r.ok()) return r.status();
+  if (was_ready) {
+    // Configure checks the rings against the restored memory; only then does anything change.
+    SplitVirtqueue restored;
+    if (Status st = restored.Configure(config, memory); !st.ok()) {
+      return MakeError(st.code(), "virtqueue state: " + st.message());
+    }
+    Reset();
+    config_ = config;
+    memory_ = memory;
+    desc_ = restored.desc_;
+    avail_ = restored.avail_;
+    used_ = restored.used_;
+  } else {
+    Reset();
+  }
+  last_avail_idx_ = last_avail;
+  shadow_avail_idx_ = last_avail;
+  used_idx_ = used;
+  signalled_used_ = signalled_used;
+  signalled_used_valid_ = signalled_used_valid;
+  notifications_enabled_ = notifications_enabled;
+  return Status::Ok();
+}
+
 }  // namespace vfu::virtio

@@ -20,6 +20,7 @@
 
 #include "server/common/status.h"
 #include "server/session/device.h"
+#include "server/state/record.h"
 
 namespace vfu::virtio {
 
@@ -104,6 +105,13 @@ class SplitVirtqueue {
   // A device that sleeps waiting for kicks must call this (and see false) before every sleep.
   bool EnableNotifications();
   void DisableNotifications();
+
+  // State that can leave the process (server/state/record.h): the configuration and the
+  // device-side position (last_avail_idx, used index, the interrupt and notification state of
+  // EVENT_IDX). The rings themselves are guest memory. RestoreState configures the queue again
+  // over `memory` (the restored DMA maps) when the saved one was ready; all or nothing.
+  void SaveState(state::Writer& w) const;
+  Status RestoreState(state::Reader& r, GuestMemory* memory);
 
   uint16_t last_avail_idx() const { return last_avail_idx_; }
   uint16_t used_idx() const { return used_idx_; }
