@@ -18,6 +18,7 @@
 #include "server/common/stats.h"
 #include "server/common/status.h"
 #include "server/protocol/wire.h"
+#include "server/state/record.h"
 
 namespace vfu {
 
@@ -113,6 +114,21 @@ class VfioDevice {
     (void)index;
     (void)vector;
     (void)masked;
+  }
+
+  // Handing a live device to another process (server/state/record.h). Quiesce finishes the
+  // work in flight (a virtio device completes its requests to the driver) so that SaveState
+  // can write the device's whole state; RestoreState (with the restored client attached)
+  // takes it back, all or nothing. A device that cannot be handed over keeps the default:
+  // EOPNOTSUPP, and its client is not carried over.
+  virtual void Quiesce() {}
+  virtual Status SaveState(state::Writer& w) const {
+    (void)w;
+    return MakeError(EOPNOTSUPP, "this device's state cannot be handed over");
+  }
+  virtual Status RestoreState(state::Reader& r) {
+    (void)r;
+    return MakeError(EOPNOTSUPP, "this device's state cannot be handed over");
   }
 };
 

@@ -44,6 +44,21 @@ class DeviceEndpoint {
   // Stops accepting, ends the session, removes the socket file.
   void Stop();
 
+  // --- handing the endpoint to another process (a planned handoff; server/state/record.h) ---
+  // The old process: stops watching the listener and the client and stops polling the
+  // device, quiesces the session (waiting for the client at most `timeout`) and the device,
+  // and saves the listener and the connection (as fds of the record), the session's state and
+  // the device's. On an error the endpoint is as it was before, not yet watched: call Resume.
+  Status SuspendAndSave(state::Writer& w, std::chrono::milliseconds timeout);
+  // The handoff failed: watch the listener and the client again and poll the device, as before.
+  void Resume();
+  // The handoff succeeded: drop the client and the listener without unlinking the socket and
+  // without touching the connection (another process serves both now).
+  void Release();
+  // The new process, instead of Start(): serves the listener and, if there was one, the client
+  // of a saved endpoint (the record's fds are duplicated). All or nothing.
+  Status StartFromState(state::Reader& r);
+
   const std::string& id() const { return id_; }
   const std::string& socket_path() const { return socket_path_; }
   bool client_connected() const { return session_ != nullptr; }
@@ -54,6 +69,9 @@ class DeviceEndpoint {
   VfioDevice* device() const { return device_; }
 
  private:
+  // Watches the listener, the device's poller and wake fd, and the session (Start, Resume).
+  Status Watch();
+  void Unwatch();
   void OnAccept();
   void OnSessionEvent(uint32_t events);
   void UpdateSessionInterest();
@@ -81,6 +99,7 @@ class DeviceEndpoint {
   uint64_t client_counter_ = 0;
   std::string client_description_;
   EndpointStats stats_;
+  bool suspended_ = false;  // SuspendAndSave ran: nothing is watched until Resume or Release
 };
 
 }  // namespace vfu

@@ -1,5 +1,7 @@
 #include "server/session/session.h"
 
+#include <poll.h>
+
 #include <cstring>
 #include <string>
 
@@ -394,6 +396,110 @@ Status Session::HandleWriteMulti(InboundMessage& msg, Reply& reply) {
 Status Session::HandleReset() {
   log_.Info("device reset requested by the client");
   return device_->Reset();
+}
+
+// --- handing the session to another process ------------------------------------------------
+
+inline constexpr uint16_t kSessionStateVersion = 1;
+
+namespace {
+
+// Waits until `fd` is ready for `events` or the deadline passes (false then).
+bool WaitFor(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  if (left.count() <= 0) return false;
+  pollfd p{fd, events, 0};
+  int n = ::poll(&p, 1, static_cast<int>(left.count()));
+  return n > 0;
+}
+
+void PutOptional(state::Writer& w, const std::optional<uint64_t>& v) {
+  w.Bool(v.has_value());
+  w.U64(v.value_or(0));
+}
+
+std::optional<uint64_t> GetOptional(state::Reader& r) {
+  bool has = r.Bool();
+  uint64_t v = r.U64();
+  return has ? std::optional<uint64_t>(v) : std::nullopt;
+}
+
+}  // namespace
+
+Status Session::Quiesce(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    if (closed_) return MakeError(ECONNRESET, "the session ended");
+    // Requests already read, and the rest of a message the client is sending.
+    while (stream_.HasBufferedInput() || stream_.mid_message()) {
+      if (stream_.pending_bytes() > 0) (void)stream_.Flush();
+      auto status = stream_.Read(&inbound_);
+      if (!status) {
+        if (status.error().code != EAGAIN) {
+          closed_ = true;
+          return MakeError(status.error().code, "the connection failed: " + status.error().message);
+        }
+      } else if (*status == ReadStatus::kMessage) {
+        Handle(inbound_);
+        if (closed_) return MakeError(ECONNRESET, "the session ended");
+        continue;
+      } else if (*status == ReadStatus::kClosed) {
+        closed_ = true;
+        return MakeError(ECONNRESET, "the client closed the connection");
+      }
+      if (!WaitFor(stream_.fd(), POLLIN, deadline)) {
+        return MakeError(ETIMEDOUT, "the client did not finish its message in time");
+      }
+    }
+    if (!stream_.HasPendingOutput()) return Status::Ok();
+    if (Status s = stream_.Flush(); !s.ok()) {
+      closed_ = true;
+      return MakeError(s.code(), "cannot send replies: " + s.message());
+    }
+    if (stream_.HasPendingOutput() && !WaitFor(stream_.fd(), POLLOUT, deadline)) {
+      return MakeError(ETIMEDOUT, "the client did not read its replies in time");
+    }
+  }
+}
+
+Status Session::SaveState(state::Writer& w) const {
+  size_t mark = w.BeginSection(state::Tag::kSession, kSessionStateVersion);
+  w.Bool(negotiated_);
+  PutOptional(w, client_caps_.max_msg_fds);
+  PutOptional(w, client_caps_.max_data_xfer_size);
+  PutOptional(w, client_caps_.pgsizes);
+  PutOptional(w, client_caps_.max_dma_maps);
+  w.Bool(client_caps_.write_multiple.has_value());
+  w.Bool(client_caps_.write_multiple.value_or(false));
+  w.EndSection(mark);
+  VFU_RETURN_IF_ERROR(dma_.SaveState(w));
+  irqs_.SaveState(w);
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Session>> Session::Restore(UnixConnection connection, VfioDevice* device,
+                                                  SessionOptions options, LogContext log,
+                                                  state::Reader& r) {
+  state::Reader s = r.Section(state::Tag::kSession, kSessionStateVersion, nullptr);
+  bool negotiated = s.Bool();
+  proto::Capabilities caps;
+  caps.max_msg_fds = GetOptional(s);
+  caps.max_data_xfer_size = GetOptional(s);
+  caps.pgsizes = GetOptional(s);
+  caps.max_dma_maps = GetOptional(s);
+  bool has_write_multiple = s.Bool();
+  bool write_multiple = s.Bool();
+  if (has_write_multiple) caps.write_multiple = write_multiple;
+  s.ExpectEnd();
+  if (!s.ok()) return s.status().error();
+  if (!r.ok()) return r.status().error();
+  auto session = std::make_unique<Session>(std::move(connection), device, options, std::move(log));
+  VFU_RETURN_IF_ERROR(session->dma_.RestoreState(r));
+  VFU_RETURN_IF_ERROR(session->irqs_.RestoreState(r));
+  session->negotiated_ = negotiated;
+  session->client_caps_ = std::move(caps);
+  return session;
 }
 
 }  // namespace vfu

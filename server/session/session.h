@@ -10,6 +10,7 @@
 // is kept for the next client.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -68,6 +69,21 @@ class Session : public DeviceContext {
   // Requests already read from the socket wait to be handled (the read budget or a pause
   // stopped OnReadable): call OnReadable again without waiting for the socket.
   bool HasBufferedInput() const { return stream_.HasBufferedInput(); }
+
+  // --- handing the session to another process (server/state/record.h) ---
+  // Handles the requests already read, finishes reading a message the client is in the middle
+  // of sending and sends every queued reply, so that the connection is at a message boundary:
+  // what the client sends next is read by whoever holds the socket then. Waits for the client
+  // at most `timeout`; fails (ETIMEDOUT, or the session ended) otherwise.
+  Status Quiesce(std::chrono::milliseconds timeout);
+  // Negotiation, DMA maps (with their fds) and IRQs. The connection's fd is the caller's to
+  // send; call after Quiesce.
+  Status SaveState(state::Writer& w) const;
+  // A session for `connection` (handed over) with the saved state: the device is attached to it
+  // as for a new client, then gets the DMA maps and IRQs back. All or nothing.
+  static Result<std::unique_ptr<Session>> Restore(UnixConnection connection, VfioDevice* device,
+                                                  SessionOptions options, LogContext log,
+                                                  state::Reader& r);
 
   int fd() const { return stream_.fd(); }
   bool negotiated() const { return negotiated_; }

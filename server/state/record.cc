@@ -22,6 +22,10 @@ const char* TagName(Tag tag) {
       return "in-flight log";
     case Tag::kPciFunction:
       return "PCI function";
+    case Tag::kSession:
+      return "session";
+    case Tag::kEndpoint:
+      return "endpoint";
   }
   return "unknown";
 }

@@ -36,6 +36,8 @@ enum class Tag : uint16_t {
   kIrqs = 6,
   kInflight = 7,
   kPciFunction = 8,
+  kSession = 9,
+  kEndpoint = 10,
 };
 const char* TagName(Tag tag);
 
@@ -50,6 +52,10 @@ class Writer {
   void Bool(bool v) { U8(v ? 1 : 0); }
   // A byte string: its length (u32), then the bytes.
   void Bytes(std::span<const uint8_t> data);
+  // A string: its length (u32), then the bytes.
+  void String(const std::string& text) {
+    Bytes({reinterpret_cast<const uint8_t*>(text.data()), text.size()});
+  }
   // A vector<bool> as a length (u32) and one byte per entry.
   void Bits(const std::vector<bool>& bits);
   // An fd: its index in fds(). The fd is not duplicated: it must stay open until the record
@@ -82,6 +88,10 @@ class Reader {
   bool Bool();
   // A byte string of at most `max` bytes.
   std::vector<uint8_t> Bytes(size_t max);
+  std::string String(size_t max) {
+    std::vector<uint8_t> b = Bytes(max);
+    return {b.begin(), b.end()};
+  }
   // A byte string that must be exactly out.size() bytes long.
   void BytesInto(std::span<uint8_t> out);
   std::vector<bool> Bits(size_t max);

@@ -222,4 +222,37 @@ Result<UnixConnection> UnixListener::Accept() {
   return UnixConnection(UniqueFd(fd));
 }
 
+Result<UnixListener> UnixListener::Adopt(UniqueFd fd, const std::string& path) {
+  int type = 0;
+  int listening = 0;
+  sockaddr_un addr{};
+  socklen_t len = sizeof(addr);
+  socklen_t ilen = sizeof(int);
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &ilen) != 0) return Errno("SO_TYPE");
+  ilen = sizeof(int);
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &ilen) != 0) {
+    return Errno("SO_ACCEPTCONN");
+  }
+  if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return Errno("getsockname");
+  }
+  if (type != SOCK_STREAM || !listening || addr.sun_family != AF_UNIX) {
+    return MakeError(EINVAL,
+                     "the fd handed over for " + path + " is not a listening unix stream socket");
+  }
+  int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+    return Errno("fcntl O_NONBLOCK");
+  }
+  UnixListener listener;
+  listener.fd_ = std::move(fd);
+  listener.path_ = path;
+  return listener;
+}
+
+UniqueFd UnixListener::Release() {
+  path_.clear();
+  return std::move(fd_);
+}
+
 }  // namespace vfu

@@ -83,6 +83,14 @@ class UnixListener {
   // Accepts one pending connection as a non-blocking socket; EAGAIN when none is pending.
   Result<UnixConnection> Accept();
 
+  // A listening socket another process bound (handed over with SCM_RIGHTS): checks that `fd` is
+  // a listening unix stream socket, makes it non-blocking, and unlinks `path` on destruction
+  // like a socket bound here.
+  static Result<UnixListener> Adopt(UniqueFd fd, const std::string& path);
+  // Gives the socket up without unlinking its path (it was handed to another process, which
+  // listens on it now); returns the fd, which the caller may close.
+  UniqueFd Release();
+
   int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }
 

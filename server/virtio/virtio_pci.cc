@@ -515,6 +515,13 @@ void VirtioPciDevice::CollectCounters(DeviceCounters* out) const {
 
 inline constexpr uint16_t kVirtioPciStateVersion = 1;
 
+void VirtioPciDevice::Quiesce() {
+  // Completes the backend's requests to the driver (used ring, interrupts) as before a DMA
+  // unmap: what the driver sees as in flight afterwards is only what the device has not taken
+  // from the avail ring yet, which the next process takes.
+  if (active_) device_->DrainInflight();
+}
+
 Status VirtioPciDevice::SaveState(state::Writer& w) const {
   if (device_->inflight() != 0) {
     return MakeError(EBUSY, std::to_string(device_->inflight()) +

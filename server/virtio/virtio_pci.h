@@ -114,8 +114,9 @@ class VirtioPciDevice : public pci::PciDevice, public Poller, public VirtioConte
   // (SaveState fails with EBUSY otherwise: the caller drains first). RestoreState needs the
   // restored client attached (its memory holds the rings): it checks the whole record before
   // it changes anything, then re-activates the device if the driver had (DRIVER_OK).
-  Status SaveState(state::Writer& w) const;
-  Status RestoreState(state::Reader& r);
+  void Quiesce() override;
+  Status SaveState(state::Writer& w) const override;
+  Status RestoreState(state::Reader& r) override;
 
   VirtioDevice* device() { return device_.get(); }
   uint8_t device_status() const { return status_; }

@@ -32,6 +32,22 @@ std::string ServerThread::AddDeviceObject(const std::string& id,
   return socket;
 }
 
+Status ServerThread::AdoptDevice(const std::string& spec_text, std::span<const uint8_t> record,
+                                 std::span<const int> fds) {
+  auto spec = devices::ParseDeviceSpec(spec_text);
+  if (!spec.ok()) return spec.error();
+  auto device = devices::CreateDevice(*spec);
+  if (!device.ok()) return device.error();
+  devices_.push_back(std::move(*device));
+  endpoints_.push_back(
+      std::make_unique<DeviceEndpoint>(spec->id, spec->socket, devices_.back().get(), &reactor_));
+  auto reader = state::Reader::Open(record, fds);
+  if (!reader.ok()) return reader.error();
+  Status result;
+  RunOnReactor([&] { result = endpoints_.back()->StartFromState(*reader); });
+  return result;
+}
+
 void ServerThread::Start() {
   running_ = true;
   thread_ = std::thread([this] { reactor_.Run(); });

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +26,10 @@ class ServerThread {
   std::string AddDevice(const std::string& spec_without_socket);
   // Serves a device built by the test (e.g. over a fault-injecting backend) as <id>.sock.
   std::string AddDeviceObject(const std::string& id, std::unique_ptr<VfioDevice> device);
+  // Serves a device built from `spec` (with socket=) from a saved endpoint instead of binding
+  // its socket (the new side of a handoff). Returns the status of StartFromState.
+  Status AdoptDevice(const std::string& spec_text, std::span<const uint8_t> record,
+                     std::span<const int> fds);
   void Start();
   void Stop();
 

@@ -4,6 +4,8 @@
 // queue when the peer does not read.
 #include "server/transport/unix_socket.h"
 
+#include "tests/support/subprocess.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -535,6 +537,45 @@ TEST_F(ListenerTest, ConnectToAMissingPathFailsWithEnoent) {
   auto c = UnixConnection::Connect(path_);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().code, ENOENT);
+}
+
+}  // namespace
+}  // namespace vfu
+
+namespace vfu {
+namespace {
+
+// A listener handed over by another process (here: the same one) is adopted only when it is a
+// listening unix stream socket; Release gives it up without unlinking its path.
+TEST(UnixListenerHandoff, AdoptAcceptsAListeningSocketAndReleaseKeepsThePath) {
+  testing::TempDir dir;
+  std::string path = dir.File("l.sock");
+  auto first = UnixListener::Bind(path);
+  ASSERT_TRUE(first.ok());
+  UniqueFd dup(::fcntl(first->fd(), F_DUPFD_CLOEXEC, 0));
+  auto adopted = UnixListener::Adopt(std::move(dup), path);
+  ASSERT_TRUE(adopted.ok()) << adopted.error().message;
+  (void)first->Release();  // the "old process" lets go
+  first = UnixListener();
+  struct stat st {};
+  ASSERT_EQ(::lstat(path.c_str(), &st), 0) << "Release must not unlink the path";
+  auto client = UnixConnection::Connect(path);
+  ASSERT_TRUE(client.ok());
+  auto accepted = adopted->Accept();
+  EXPECT_TRUE(accepted.ok());
+  adopted = UnixListener();  // the adopter unlinks on destruction like a binder
+  EXPECT_NE(::lstat(path.c_str(), &st), 0);
+}
+
+TEST(UnixListenerHandoff, AdoptRefusesAConnectedSocketAndARegularFile) {
+  auto pair = UnixConnection::Pair();
+  ASSERT_TRUE(pair.ok());
+  UniqueFd connected(::fcntl(pair->first.fd(), F_DUPFD_CLOEXEC, 0));
+  auto a = UnixListener::Adopt(std::move(connected), "/nonexistent/x.sock");
+  ASSERT_FALSE(a.ok());
+  EXPECT_NE(a.error().message.find("not a listening unix stream socket"), std::string::npos);
+  UniqueFd file(::open("/proc/self/status", O_RDONLY | O_CLOEXEC));
+  EXPECT_FALSE(UnixListener::Adopt(std::move(file), "/nonexistent/y.sock").ok());
 }
 
 }  // namespace
