@@ -335,6 +335,10 @@ TEST_F(PluginLifecycle, PreStartContainerIsOffByDefaultAndChecksTheSocketWhenOn)
 
 TEST_F(PluginLifecycle, CleanShutdownSendsAnEmptyListAndRemovesThePluginSockets) {
   StartPluginAndWaitForDevices();
+  // Both resources' ListAndWatch streams must be open before the stop: otherwise the plugin
+  // can stop before the kubelet opened the second one, and there is no stream for its empty
+  // list (a cold CI run under load saw exactly that).
+  ASSERT_TRUE(kubelet_->WaitForList(kSample, [](const DeviceList& l) { return !l.empty(); }));
   plugin_->Stop();
   ASSERT_TRUE(kubelet_->WaitForStreamEnd(kBlk, seconds(10)));
   std::vector<DeviceList> history = kubelet_->history(kBlk);
