@@ -21,6 +21,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -33,6 +34,7 @@
 #include "server/devices/device_factory.h"
 #include "server/runtime/reactor.h"
 #include "server/service/device_manager.h"
+#include "server/service/handoff.h"
 #include "server/version.h"
 
 namespace {
@@ -109,6 +111,16 @@ int Main(int argc, char** argv) {
   app.add_option("--control-socket", control_socket,
                  "serve the control API (gRPC) on this unix socket; default with --config: "
                  "settings.controlSocket, with --device: none");
+  std::string handoff_socket;
+  std::string take_over;
+  app.add_option("--handoff-socket", handoff_socket,
+                 "accept a successor on this unix socket (mode 0600): a vfio-user-server started "
+                 "with --take-over gets the devices with their connected clients, and this one "
+                 "exits 0 once the successor serves (a planned upgrade or restart)");
+  app.add_option("--take-over", take_over,
+                 "at start, take the devices and their clients from the server whose "
+                 "--handoff-socket this is, instead of starting them fresh; exits 1, leaving "
+                 "that server serving, when it cannot");
   app.add_option("--poll-threads", poll_threads_flag,
                  "poll threads for --device (default 1; --config uses settings.pollThreads)");
   app.add_option("--log-level", log_level, "debug, info, warn or error (default info)");
@@ -215,7 +227,25 @@ int Main(int argc, char** argv) {
   manager_options.poll_threads = poll_threads;
   manager_options.thread_cpus = settings.poll_thread_cpus;
   service::DeviceManager manager(manager_options);
-  service::ApplyReport first = manager.Apply(plans);
+  service::HandoffTimeouts handoff_timeouts;
+  service::ApplyReport first;
+  if (!take_over.empty()) {
+    auto predecessor =
+        service::HandoffClient::TakeOver(take_over, &manager, plans, handoff_timeouts, &first);
+    if (!predecessor) {
+      Log::Write(LogLevel::kError, "cannot take over; the running server serves on",
+                 {{"handoff_socket", take_over}, {"error", predecessor.error().message}});
+      return 1;
+    }
+    Log::Write(LogLevel::kInfo, "took the devices over from the running server",
+               {{"handoff_socket", take_over}});
+    // Its control socket and handoff socket are free once it has exited.
+    if (!predecessor->WaitForPredecessorExit(std::chrono::seconds(30))) {
+      Log::Write(LogLevel::kWarn, "the previous server has not exited 30 s after the handoff");
+    }
+  } else {
+    first = manager.Apply(plans);
+  }
   if (config_path.empty() && !first.failed.empty()) {
     Log::Write(LogLevel::kError, "cannot start", {{"error", first.failed.front()}});
     return 1;
@@ -297,6 +327,24 @@ int Main(int argc, char** argv) {
     }
   }
 
+  std::optional<service::HandoffListener> handoff;
+  bool handed_over = false;
+  if (!handoff_socket.empty()) {
+    auto listener = service::HandoffListener::Listen(handoff_socket);
+    if (!listener) {
+      Log::Write(LogLevel::kError, "cannot listen for a successor",
+                 {{"handoff_socket", handoff_socket}, {"error", listener.error().message}});
+      return 1;
+    }
+    handoff = std::move(*listener);
+    (void)main_reactor.Add(handoff->fd(), EPOLLIN, [&](uint32_t) {
+      if (handoff->ServePending(&manager, handoff_timeouts)) {
+        handed_over = true;
+        main_reactor.Stop();
+      }
+    });
+  }
+
   Log::Write(LogLevel::kInfo, "vfio-user-server ready",
              {{"version", kVersion},
               {"devices", std::to_string(plans.size())},
@@ -304,9 +352,11 @@ int Main(int argc, char** argv) {
               {"control_socket", control_socket}});
   main_reactor.Run();
   control_server.Shutdown();
-  // Ends sessions (in-flight I/O completes first), removes sockets, then the devices go.
+  // Ends sessions (in-flight I/O completes first), removes sockets, then the devices go. After
+  // a handoff the devices were let go already: their sockets and clients are the successor's.
   manager.Shutdown();
-  Log::Write(LogLevel::kInfo, "stopped");
+  Log::Write(LogLevel::kInfo,
+             handed_over ? "stopped: the successor serves the devices" : "stopped");
   return 0;
 }
 

@@ -502,6 +502,136 @@ void DeviceManager::MonitorLoop() {
   }
 }
 
+// --- planned handoff ---------------------------------------------------------------------------
+
+inline constexpr uint16_t kDeviceSetStateVersion = 1;
+
+Status DeviceManager::SuspendForHandoff(state::Writer* w, std::chrono::milliseconds timeout) {
+  apply_mutex_.lock();  // until FinishHandoff
+  std::vector<std::shared_ptr<Managed>> running;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [id, m] : devices_) {
+      if (m->endpoint) running.push_back(m);
+    }
+  }
+  size_t mark = w->BeginSection(state::Tag::kDeviceSet, kDeviceSetStateVersion);
+  w->U32(static_cast<uint32_t>(running.size()));
+  Status result;
+  for (const auto& m : running) {
+    auto status = std::make_shared<Status>(MakeError(ETIMEDOUT, "the poll thread did not answer"));
+    w->String(m->plan.spec.id);
+    // The wait covers the session's quiesce (at most `timeout`) and the device's drain.
+    bool ran = RunOn(m->plan.poll_thread, [m, w, timeout, status] {
+      *status = m->endpoint->SuspendAndSave(*w, timeout);
+    });
+    suspended_.push_back(m);
+    if (!ran || !status->ok()) {
+      result = MakeError(ran ? status->code() : ETIMEDOUT,
+                         "device " + m->plan.spec.id + ": " +
+                             (ran ? status->message() : "the poll thread did not answer"));
+      break;
+    }
+  }
+  w->EndSection(mark);
+  if (!result.ok()) {
+    FinishHandoff(false);
+    return result;
+  }
+  Log::Write(LogLevel::kInfo, "handoff: devices suspended and saved",
+             {{"devices", std::to_string(running.size())},
+              {"fds", std::to_string(w->fds().size())},
+              {"bytes", std::to_string(w->bytes().size())}});
+  return Status::Ok();
+}
+
+void DeviceManager::FinishHandoff(bool succeeded) {
+  for (const auto& m : suspended_) {
+    bool ran = RunOn(m->plan.poll_thread, [m, succeeded] {
+      if (!m->endpoint) return;
+      if (succeeded) {
+        m->endpoint->Release();
+      } else {
+        m->endpoint->Resume();
+      }
+    });
+    if (!ran) {
+      Log::Write(LogLevel::kError, "handoff: the poll thread did not answer",
+                 {{"device", m->plan.spec.id}});
+    }
+  }
+  suspended_.clear();
+  apply_mutex_.unlock();
+}
+
+Result<ApplyReport> DeviceManager::ApplyFromHandoff(const std::vector<DevicePlan>& plans,
+                                                    state::Reader& r) {
+  std::vector<std::shared_ptr<Managed>> adopted;
+  auto let_go = [&] {
+    for (const auto& m : adopted) {
+      RunOn(m->plan.poll_thread, [m] {
+        if (m->endpoint) m->endpoint->Release();
+        m->endpoint.reset();
+        m->device.reset();
+      });
+      std::lock_guard<std::mutex> lock(mutex_);
+      devices_.erase(m->plan.spec.id);
+    }
+  };
+  state::Reader s = r.Section(state::Tag::kDeviceSet, kDeviceSetStateVersion, nullptr);
+  uint32_t count = s.U32();
+  for (uint32_t i = 0; i < count && s.ok(); ++i) {
+    std::string id = s.String(4096);
+    if (!s.ok()) break;
+    auto plan = std::find_if(plans.begin(), plans.end(),
+                             [&](const DevicePlan& p) { return p.spec.id == id; });
+    if (plan == plans.end()) {
+      let_go();
+      return MakeError(ENOENT, "the running server has device " + id +
+                                   ", which this configuration does not have");
+    }
+    auto device = devices::CreateDevice(plan->spec);
+    if (!device) {
+      let_go();
+      return MakeError(device.error().code, "device " + id + ": " + device.error().message);
+    }
+    auto m = std::make_shared<Managed>();
+    m->plan = *plan;
+    auto status = std::make_shared<Status>(MakeError(ETIMEDOUT, "the poll thread did not answer"));
+    std::unique_ptr<VfioDevice> owned = std::move(*device);
+    bool ran = RunOn(plan->poll_thread, [this, m, status, &owned, &s] {
+      auto endpoint = std::make_unique<DeviceEndpoint>(
+          m->plan.spec.id, m->plan.spec.socket, owned.get(), reactors_[m->plan.poll_thread].get());
+      *status = endpoint->StartFromState(s);
+      if (status->ok()) {
+        m->device = std::move(owned);
+        m->endpoint = std::move(endpoint);
+      }
+    });
+    if (!ran) {
+      // `owned` and `s` must outlive the task: wait for the stalled thread (a broken server).
+      while (!RunOn(plan->poll_thread, [] {})) {
+      }
+    }
+    if (!status->ok()) {
+      let_go();
+      return MakeError(status->code(), "device " + id + ": " + status->message());
+    }
+    adopted.push_back(m);
+    std::lock_guard<std::mutex> lock(mutex_);
+    devices_[id] = m;
+  }
+  s.ExpectEnd();
+  if (!s.ok() || !r.ok()) {
+    let_go();
+    return (!s.ok() ? s.status() : r.status()).error();
+  }
+  Log::Write(LogLevel::kInfo, "handoff: devices taken over",
+             {{"devices", std::to_string(adopted.size())}});
+  // The devices of the configuration that the old server did not run start as usual.
+  return Apply(plans);
+}
+
 void DeviceManager::Shutdown() {
   {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -31,6 +31,7 @@
 #include "server/common/stats.h"
 #include "server/devices/device_factory.h"
 #include "server/runtime/reactor.h"
+#include "server/state/record.h"
 
 namespace vfu {
 class DeviceEndpoint;
@@ -159,6 +160,21 @@ class DeviceManager {
   std::vector<DeviceCountersSnapshot> Counters(const std::string& id);
   std::vector<PollThreadSnapshot> PollThreads();
 
+  // --- a planned handoff to a successor process (server/service/handoff.h) ---
+  // The old server: suspends every running device on its poll thread (the session quiesced,
+  // waiting for the client at most `timeout`, the device's in-flight requests completed) and
+  // saves them into *w. Until FinishHandoff, nothing is served and Apply waits. On an error
+  // every device serves on and nothing was saved.
+  Status SuspendForHandoff(state::Writer* w, std::chrono::milliseconds timeout);
+  // succeeded: the successor serves now; the devices are let go without unlinking their
+  // sockets (Shutdown then only frees this process's resources). Otherwise they serve on.
+  void FinishHandoff(bool succeeded);
+  // The successor: starts the devices of the record from their saved endpoints (each must be in
+  // `plans`, with the same settings), then the rest of `plans` as Apply does. All or nothing for
+  // the record: on an error, what was adopted is let go again (the old server still serves it)
+  // and nothing else is started.
+  Result<ApplyReport> ApplyFromHandoff(const std::vector<DevicePlan>& plans, state::Reader& r);
+
   unsigned poll_threads() const { return static_cast<unsigned>(reactors_.size()); }
   // Runs `task` on a poll thread (diagnostics and tests, e.g. simulating a stall).
   void PostToPollThread(unsigned thread, std::function<void()> task) {
@@ -203,7 +219,8 @@ class DeviceManager {
   uint64_t generation_ = 1;
   bool shutting_down_ = false;
   bool stopped_ = false;
-  std::mutex apply_mutex_;  // one Apply at a time
+  std::mutex apply_mutex_;  // one Apply at a time (held from SuspendForHandoff to FinishHandoff)
+  std::vector<std::shared_ptr<Managed>> suspended_;  // by SuspendForHandoff
 };
 
 // The NUMA node of a CPU from sysfs, or -1.

@@ -26,6 +26,8 @@ const char* TagName(Tag tag) {
       return "session";
     case Tag::kEndpoint:
       return "endpoint";
+    case Tag::kDeviceSet:
+      return "device set";
   }
   return "unknown";
 }

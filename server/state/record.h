@@ -38,6 +38,7 @@ enum class Tag : uint16_t {
   kPciFunction = 8,
   kSession = 9,
   kEndpoint = 10,
+  kDeviceSet = 11,
 };
 const char* TagName(Tag tag);
 

@@ -1,0 +1,157 @@
+// A planned handoff between two vfio-user-server processes: a client (the userspace virtio-blk
+// driver) stays connected while the server it talks to is replaced by a successor started with
+// --take-over, twice in a row. The old server exits 0 only once the successor serves; the
+// client's data written before reads back after, and its I/O goes on on the same connection. A
+// successor that cannot take the devices (another configuration) exits 1 and the running
+// server serves on.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "server/client/client.h"
+#include "server/client/virtio_blk_driver.h"
+#include "tests/support/subprocess.h"
+
+namespace vfu::testing {
+namespace {
+
+using client::VirtioBlkDriver;
+using std::chrono::seconds;
+
+uint8_t Pattern(uint64_t sector, uint32_t i, uint8_t seed) {
+  return static_cast<uint8_t>((sector * 29 + i * 13 + seed) & 0xff);
+}
+
+void WriteOrVerify(VirtioBlkDriver& d, uint64_t first_sector, int count, uint8_t seed, bool write) {
+  for (int n = 0; n < count; ++n) {
+    uint64_t sector = first_sector + static_cast<uint64_t>(n) * 8;
+    uint8_t* buf = d.slot_buffer(0, 0);
+    if (write) {
+      for (uint32_t i = 0; i < 4096; ++i) buf[i] = Pattern(sector, i, seed);
+      ASSERT_TRUE(d.Write(0, 0, sector, 4096, n).ok());
+    } else {
+      std::memset(buf, 0, 4096);
+      ASSERT_TRUE(d.Read(0, 0, sector, 4096, n).ok());
+    }
+    auto got = d.WaitFor(0, 1, seconds(10));
+    ASSERT_TRUE(got.ok()) << got.error().message;
+    ASSERT_EQ((*got)[0].status, 0) << "request " << n;
+    if (!write) {
+      for (uint32_t i = 0; i < 4096; ++i) {
+        ASSERT_EQ(buf[i], Pattern(sector, i, seed)) << "sector " << sector << " byte " << i;
+      }
+    }
+  }
+}
+
+class ServerHandoff : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    image_ = dir_.File("disk.img");
+    FILE* f = std::fopen(image_.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(::ftruncate(fileno(f), 16 << 20), 0);
+    std::fclose(f);
+    socket_ = dir_.File("disk.sock");
+    handoff_ = dir_.File("handoff.sock");
+  }
+  std::vector<std::string> Args(const std::string& extra_device_keys = "") {
+    return {
+        "--device",
+        "virtio-blk,id=disk,socket=" + socket_ + ",backend=file,path=" + image_ + extra_device_keys,
+        "--handoff-socket",
+        handoff_,
+        "--log-level",
+        "debug"};
+  }
+  std::unique_ptr<Subprocess> StartServer(const std::vector<std::string>& args) {
+    auto p = std::make_unique<Subprocess>(VFU_SERVER_BINARY, args);
+    EXPECT_TRUE(p->Start());
+    return p;
+  }
+
+  TempDir dir_;
+  std::string image_;
+  std::string socket_;
+  std::string handoff_;
+};
+
+TEST_F(ServerHandoff, TheClientKeepsItsDeviceThroughTwoSuccessiveHandoffs) {
+  auto first = StartServer(Args());
+  ASSERT_TRUE(first->WaitForOutput("vfio-user-server ready", seconds(10))) << first->Output();
+  auto client = client::Client::Connect(socket_);
+  ASSERT_TRUE(client.ok()) << client.error().message;
+  client::VirtioBlkDriverOptions options;
+  options.queue_size = 64;
+  auto driver = VirtioBlkDriver::Create(client->get(), options);
+  ASSERT_TRUE(driver.ok()) << driver.error().message;
+  WriteOrVerify(**driver, 0, 16, 1, true);
+
+  std::vector<std::unique_ptr<Subprocess>> servers;
+  servers.push_back(std::move(first));
+  for (int round = 1; round <= 2; ++round) {
+    SCOPED_TRACE("handoff " + std::to_string(round));
+    std::vector<std::string> args = Args();
+    args.push_back("--take-over");
+    args.push_back(handoff_);
+    auto next = StartServer(args);
+    ASSERT_TRUE(next->WaitForOutput("vfio-user-server ready", seconds(20))) << next->Output();
+    EXPECT_NE(next->Output().find("took the devices over"), std::string::npos);
+    auto code = servers.back()->Wait(seconds(20));
+    ASSERT_TRUE(code.has_value()) << "the old server did not exit";
+    EXPECT_EQ(*code, 0) << servers.back()->Output();
+    EXPECT_NE(servers.back()->Output().find("handoff complete"), std::string::npos);
+    servers.push_back(std::move(next));
+
+    // Same connection: what was written reads back, and new I/O works.
+    WriteOrVerify(**driver, 0, 16, 1, false);
+    WriteOrVerify(**driver, 1024u * round, 16, static_cast<uint8_t>(10 + round), true);
+    WriteOrVerify(**driver, 1024u * round, 16, static_cast<uint8_t>(10 + round), false);
+  }
+  driver->reset();
+  client->reset();
+  servers.back()->Signal(SIGTERM);
+  EXPECT_EQ(servers.back()->Wait(seconds(20)), 0);
+}
+
+TEST_F(ServerHandoff, ASuccessorThatCannotTakeTheDevicesExitsAndTheServerServesOn) {
+  auto server = StartServer(Args());
+  ASSERT_TRUE(server->WaitForOutput("vfio-user-server ready", seconds(10))) << server->Output();
+  auto client = client::Client::Connect(socket_);
+  ASSERT_TRUE(client.ok());
+  client::VirtioBlkDriverOptions options;
+  options.queue_size = 64;
+  auto driver = VirtioBlkDriver::Create(client->get(), options);
+  ASSERT_TRUE(driver.ok());
+  WriteOrVerify(**driver, 0, 8, 3, true);
+
+  // Another queue count: the device's MSI-X vectors do not match the record.
+  std::vector<std::string> args = Args(",queues=2");
+  args.push_back("--take-over");
+  args.push_back(handoff_);
+  auto successor = StartServer(args);
+  auto code = successor->Wait(seconds(30));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 1) << successor->Output();
+  EXPECT_NE(successor->Output().find("cannot take over"), std::string::npos) << successor->Output();
+  EXPECT_TRUE(server->WaitForOutput("handoff failed; serving on", seconds(10))) << server->Output();
+  EXPECT_TRUE(server->running());
+
+  WriteOrVerify(**driver, 0, 8, 3, false);
+  WriteOrVerify(**driver, 512, 8, 4, true);
+  WriteOrVerify(**driver, 512, 8, 4, false);
+  driver->reset();
+  client->reset();
+  server->Signal(SIGTERM);
+  EXPECT_EQ(server->Wait(seconds(20)), 0);
+}
+
+}  // namespace
+}  // namespace vfu::testing
