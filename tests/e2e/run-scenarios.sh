@@ -23,6 +23,10 @@
 #   blk-qemu-killed     QEMU SIGKILLed during O_DIRECT+fsync writes; the server survives and
 #                       a new QEMU finds every record that was reported durable
 #   blk-smp2-mq         2 vCPUs, queues=2: two blk-mq queues, parallel writers on both
+#   blk-handoff         the server is replaced 10 times (--take-over, a planned handoff)
+#                       while the guest writes, fsyncs and reads back records on two
+#                       file-backed disks served by two poll threads: no I/O error, no reset,
+#                       every record in both images
 #   kubevirt-libvirt    vfio-user-kubevirt-hook edits a KubeVirt domain (VMI requesting
 #                       vfio-user.io/virtio-blk: 2); libvirtd from the trixie root (private
 #                       mount namespace) defines and starts it, QEMU runs as libvirt-qemu on
@@ -41,7 +45,7 @@ guests fail on their own after 3/4 of it (/init's E2E_WATCHDOG, which shows what
 --keep-logs DIR keeps the serial, run-guest and server logs of every scenario in DIR/<scenario>/
 (e.g. as CI artifacts); failed ones are always kept under .cache/e2e/failed/.
 Scenarios: sample-device blk-basic blk-fs-host-verify blk-reboot blk-two-devices blk-two-vms
-blk-qemu-killed blk-smp2-mq kubevirt-libvirt
+blk-qemu-killed blk-smp2-mq blk-handoff kubevirt-libvirt
 kubevirt-libvirt runs vfio-user-kubevirt-hook from the server's build dir (E2E_KUBEVIRT_HOOK
 overrides), python3, and libvirtd/virsh from the e2e root (prepare-root.sh installs them).
 EOF2
@@ -53,7 +57,7 @@ source "$SCRIPT_DIR/lib.sh"
 SERVER="$E2E_REPO/build/server/vfio-user-server"
 BOOT_TIMEOUT="${E2E_BOOT_TIMEOUT:-60}"
 ALL_SCENARIOS=(sample-device blk-basic blk-fs-host-verify blk-reboot blk-two-devices blk-two-vms
-    blk-qemu-killed blk-smp2-mq kubevirt-libvirt)
+    blk-qemu-killed blk-smp2-mq blk-handoff kubevirt-libvirt)
 KEEP_LOGS=""
 SCENARIOS=()
 while (($#)); do
@@ -667,6 +671,85 @@ libvirt_cleanup() {
 
 # lv_state DOMAIN: "running", "shut off", ... (empty if virsh fails).
 lv_state() { lv_virsh domstate "$1" 2>/dev/null | head -n 1 || true; }
+
+# Planned handoffs under guest I/O. The server runs two file-backed disks on two poll threads
+# with a handoff socket; while the guest (guest/blk-handoff.sh) writes, fsyncs, reads back and
+# compares records on both, the host starts a successor with --take-over every few records, 10
+# times. Each old server must exit 0 after "handoff complete"; the guest must see no I/O error
+# and no reset (the kernel log is checked too) and finish every record; both images must hold
+# every record afterwards.
+scenario_blk_handoff() {
+    local name=blk-handoff a="$WORK/img-handoff-a.img" b="$WORK/img-handoff-b.img" tok i n d
+    local handoffs=0 want=10 records=150 progress next_at old_pid old_log cur rc rec
+    local -a args
+    tok=$(token)
+    truncate -s 32M "$a" "$b"
+    initrd "$name" "$SCRIPT_DIR/guest/blk-handoff.sh" || return 1
+    args=(--poll-threads 2 --handoff-socket "$WORK/$name.handoff"
+        --device "virtio-blk,id=hdA,socket=$WORK/hdA.sock,backend=file,path=$a"
+        --device "virtio-blk,id=hdB,socket=$WORK/hdB.sock,backend=file,path=$b")
+    # Each server generation logs to $name.gN.server.log (generation 0 is the first).
+    cur=$name.g0
+    start_server "$cur" "${args[@]}" || return 1
+    boot_bg "$name" "$name" --socket "$WORK/hdA.sock" --socket "$WORK/hdB.sock" \
+        --append "E2E_DISKS=hdA,hdB E2E_TOKEN=$tok E2E_RECORDS=$records"
+    next_at=5
+    for ((i = 0; i < BOOT_TIMEOUT * 10 && handoffs < want; i++)); do
+        kill -0 "$BOOT_PID" 2>/dev/null || break
+        progress=$(serial "$name" 2>/dev/null | sed -n 's/^RECORD \([0-9]*\)$/\1/p' | tail -n 1)
+        if [[ -n "$progress" && "$progress" -ge "$next_at" ]]; then
+            old_pid=$SERVER_PID
+            old_log=$WORK/$cur.server.log
+            handoffs=$((handoffs + 1))
+            cur=$name.g$handoffs
+            start_server "$cur" "${args[@]}" --take-over "$WORK/$name.handoff" ||
+                { fail "$name: successor $handoffs did not start (the old server: $(basename "$old_log"))"; return 1; }
+            rc=0
+            wait "$old_pid" || rc=$?
+            ((rc == 0)) || { fail "$name: the server replaced in handoff $handoffs exited $rc"; return 1; }
+            grep -q 'msg="handoff complete' "$old_log" ||
+                { fail "$name: handoff $handoffs: the old server did not log a complete handoff"; return 1; }
+            grep -q 'msg="took the devices over' "$WORK/$cur.server.log" ||
+                { fail "$name: handoff $handoffs: the successor did not take the devices"; return 1; }
+            echo "    host: handoff $handoffs at record $progress ($(grep -o 'suspended_ms=[0-9]*' "$old_log"))" >&2
+            next_at=$((progress + 5))
+        fi
+        sleep 0.1
+    done
+    if ((handoffs != want)); then
+        kill_bg
+        fail "$name: only $handoffs of $want handoffs happened before the guest finished or stopped"
+        return 1
+    fi
+    if ! wait "$BOOT_PID"; then
+        BG_PIDS=()
+        serial "$name" | tail -n 30 | sed 's/^/    /' >&2
+        fail "$name: the guest did not pass"
+        return 1
+    fi
+    BG_PIDS=()
+    expect_serial "$name" "^E2E-HANDOFF-GUEST: $records records on each disk, all read back" || return 1
+    # Every record is in both backing files.
+    for ((n = 1; n <= records; n++)); do
+        for d in "hdA:$a" "hdB:$b"; do
+            rec=$(yes "E2E-REC $n ${d%%:*} $tok" | head -c 4096 | sha256sum | cut -d' ' -f1)
+            [[ "$(image_sha "${d#*:}" $((n * 4096)) 4096)" == "$rec" ]] ||
+                { fail "$name: record $n of ${d%%:*} is not in its image"; return 1; }
+        done
+    done
+    echo "    host: all $records records of both disks are in the images after $handoffs handoffs" >&2
+    # The replaced servers logged no errors either.
+    for ((n = 0; n < handoffs; n++)); do
+        if grep -E 'level=error|device needs reset|request failed' "$WORK/$name.g$n.server.log" >&2; then
+            fail "$name: server generation $n logged the errors above"
+            return 1
+        fi
+    done
+    wait_log "$WORK/$cur.server.log" 'msg="session ended.*device=hdA' 5 || return 1
+    wait_log "$WORK/$cur.server.log" 'msg="session ended.*device=hdB' 5 || return 1
+    stop_server "$cur" || return 1
+    [[ ! -e "$WORK/$name.handoff" ]] || { fail "$name: the last server left its handoff socket"; return 1; }
+}
 
 # The KubeVirt hook's domain, started by libvirt. vfio-user-kubevirt-hook --transform-domain edits
 # the domain KubeVirt generated (tests/unit/deviceplugin/kubevirt_hook/testdata/plain.*) for a
