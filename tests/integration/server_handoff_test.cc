@@ -4,6 +4,8 @@
 // client's data written before reads back after, and its I/O goes on on the same connection. A
 // successor that cannot take the devices (another configuration) exits 1 and the running
 // server serves on.
+#include <signal.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +19,7 @@
 
 #include "server/client/client.h"
 #include "server/client/virtio_blk_driver.h"
+#include "server/transport/unix_socket.h"
 #include "tests/support/subprocess.h"
 
 namespace vfu::testing {
@@ -148,6 +151,73 @@ TEST_F(ServerHandoff, ASuccessorThatCannotTakeTheDevicesExitsAndTheServerServesO
   WriteOrVerify(**driver, 512, 8, 4, true);
   WriteOrVerify(**driver, 512, 8, 4, false);
   driver->reset();
+  client->reset();
+  server->Signal(SIGTERM);
+  EXPECT_EQ(server->Wait(seconds(20)), 0);
+}
+
+// A successor that dies midway: it asks, receives the head of the state, and goes away without
+// answering. The running server must resume its devices, and the client must not notice.
+TEST_F(ServerHandoff, ASuccessorThatDiesMidwayLeavesTheServerServing) {
+  auto server = StartServer(Args());
+  ASSERT_TRUE(server->WaitForOutput("vfio-user-server ready", seconds(10))) << server->Output();
+  auto client = client::Client::Connect(socket_);
+  ASSERT_TRUE(client.ok());
+  client::VirtioBlkDriverOptions options;
+  options.queue_size = 64;
+  auto driver = VirtioBlkDriver::Create(client->get(), options);
+  ASSERT_TRUE(driver.ok());
+  WriteOrVerify(**driver, 0, 8, 6, true);
+  {
+    auto successor = UnixConnection::Connect(handoff_);
+    ASSERT_TRUE(successor.ok()) << successor.error().message;
+    ASSERT_TRUE(successor->SetNonBlocking(false).ok());
+    uint8_t hello[6] = {0x56, 0x46, 0x48, 0x4f, 1, 0};  // "VFHO", format 1
+    iovec iov{hello, sizeof(hello)};
+    ASSERT_TRUE(successor->Send({&iov, 1}).ok());
+    uint8_t head[16];
+    std::vector<UniqueFd> fds;
+    auto got = successor->Receive(head, &fds);
+    ASSERT_TRUE(got.ok());
+    ASSERT_GE(got->bytes, 4u);
+    EXPECT_EQ(head[0], 0) << "the server should have started to hand over";
+  }  // the successor "dies": its end of the handoff connection closes
+  EXPECT_TRUE(server->WaitForOutput("handoff failed; serving on", seconds(10))) << server->Output();
+  EXPECT_TRUE(server->WaitForOutput("serving again: the handoff did not complete", seconds(10)));
+  WriteOrVerify(**driver, 0, 8, 6, false);
+  WriteOrVerify(**driver, 256, 8, 7, true);
+  WriteOrVerify(**driver, 256, 8, 7, false);
+  driver->reset();
+  client->reset();
+  server->Signal(SIGTERM);
+  EXPECT_EQ(server->Wait(seconds(20)), 0);
+}
+
+// A successor that reads another state format (an incompatible version) is refused before
+// anything is suspended; the running server serves on.
+TEST_F(ServerHandoff, ASuccessorOfAnotherStateFormatIsRefusedBeforeAnythingStops) {
+  auto server = StartServer(Args());
+  ASSERT_TRUE(server->WaitForOutput("vfio-user-server ready", seconds(10))) << server->Output();
+  auto successor = UnixConnection::Connect(handoff_);
+  ASSERT_TRUE(successor.ok());
+  ASSERT_TRUE(successor->SetNonBlocking(false).ok());
+  uint8_t hello[6] = {0x56, 0x46, 0x48, 0x4f, 99, 0};  // format 99
+  iovec iov{hello, sizeof(hello)};
+  ASSERT_TRUE(successor->Send({&iov, 1}).ok());
+  uint8_t answer[256];
+  std::vector<UniqueFd> fds;
+  auto got = successor->Receive(answer, &fds);
+  ASSERT_TRUE(got.ok());
+  ASSERT_GE(got->bytes, 8u);
+  EXPECT_EQ(answer[0], EPROTONOSUPPORT);
+  std::string why(reinterpret_cast<char*>(answer + 8), got->bytes - 8);
+  EXPECT_NE(why.find("this server writes state format 1, the successor reads 99"),
+            std::string::npos)
+      << why;
+  EXPECT_TRUE(server->WaitForOutput("handoff failed; serving on", seconds(10)));
+  EXPECT_EQ(server->Output().find("devices suspended"), std::string::npos);
+  auto client = client::Client::Connect(socket_);
+  EXPECT_TRUE(client.ok()) << "the device must still serve";
   client->reset();
   server->Signal(SIGTERM);
   EXPECT_EQ(server->Wait(seconds(20)), 0);
