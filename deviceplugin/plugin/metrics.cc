@@ -27,6 +27,21 @@ MetricFamily NewFamily(std::string name, std::string help, MetricType type) {
   return f;
 }
 
+// A control API histogram (cumulative buckets) as a Prometheus histogram sample.
+ClientMetric HistogramSample(const ctl::LatencyHistogram& lh,
+                             std::vector<ClientMetric::Label> labels) {
+  ClientMetric h;
+  h.label = std::move(labels);
+  h.histogram.sample_count = lh.count();
+  h.histogram.sample_sum = lh.sum_seconds();
+  int n = std::min(lh.upper_bounds_seconds_size(), lh.bucket_counts_size());
+  for (int i = 0; i < n; ++i) {
+    h.histogram.bucket.push_back({lh.bucket_counts(i), lh.upper_bounds_seconds(i)});
+  }
+  h.histogram.bucket.push_back({lh.count(), std::numeric_limits<double>::infinity()});
+  return h;
+}
+
 ClientMetric& AddSample(MetricFamily* family, std::vector<ClientMetric::Label> labels,
                         double value) {
   ClientMetric m;
@@ -162,17 +177,7 @@ class ServerStatsCollector : public prometheus::Collectable {
         AddSample(&requests, l, static_cast<double>(op.requests()));
         AddSample(&bytes, l, static_cast<double>(op.bytes()));
         AddSample(&errors, l, static_cast<double>(op.errors()));
-        ClientMetric h;
-        h.label = l;
-        const ctl::LatencyHistogram& lh = op.latency();
-        h.histogram.sample_count = lh.count();
-        h.histogram.sample_sum = lh.sum_seconds();
-        int n = std::min(lh.upper_bounds_seconds_size(), lh.bucket_counts_size());
-        for (int i = 0; i < n; ++i) {
-          h.histogram.bucket.push_back({lh.bucket_counts(i), lh.upper_bounds_seconds(i)});
-        }
-        h.histogram.bucket.push_back({lh.count(), std::numeric_limits<double>::infinity()});
-        latency.metric.push_back(std::move(h));
+        latency.metric.push_back(HistogramSample(op.latency(), l));
       }
       AddSample(&protocol_errors, dev, static_cast<double>(d.protocol_errors()));
       AddSample(&busy_ratio, dev,
@@ -192,9 +197,21 @@ class ServerStatsCollector : public prometheus::Collectable {
       AddSample(&thread_busy, l, static_cast<double>(t.busy_ns()) / 1e9);
       AddSample(&thread_idle, l, static_cast<double>(t.idle_ns()) / 1e9);
     }
-    return {up,         requests,     bytes,       errors,     latency,  protocol_errors,
-            busy_ratio, busy_seconds, connected,   connects,   rejected, dma_regions,
-            dma_bytes,  interrupts,   thread_busy, thread_idle};
+    MetricFamily handoffs = NewFamily(
+        "vfio_user_server_handoffs_total",
+        "Planned handoffs of the node's devices to a successor server process (--take-over), "
+        "counted over every server process that served them.",
+        MetricType::Counter);
+    AddSample(&handoffs, {}, static_cast<double>(stats->handoffs()));
+    MetricFamily handoff_pause =
+        NewFamily("vfio_user_server_handoff_pause_seconds",
+                  "How long the devices were not served during a planned handoff (from the "
+                  "successor's request to its serving them).",
+                  MetricType::Histogram);
+    handoff_pause.metric.push_back(HistogramSample(stats->handoff_pause(), {}));
+    return {up,         requests,     bytes,       errors,      latency,  protocol_errors,
+            busy_ratio, busy_seconds, connected,   connects,    rejected, dma_regions,
+            dma_bytes,  interrupts,   thread_busy, thread_idle, handoffs, handoff_pause};
   }
 
  private:

@@ -156,6 +156,12 @@ int ShowStats(const std::string& control_socket, const std::string& id,
                 total > 0 ? 100.0 * static_cast<double>(t.busy_ns()) / total : 0.0,
                 static_cast<unsigned long long>(t.sleeps()));
   }
+  if (stats->handoffs() > 0) {
+    std::printf("handoffs: %llu (pause p50 %s, p99 %s)\n",
+                static_cast<unsigned long long>(stats->handoffs()),
+                Quantile(stats->handoff_pause(), 0.5).c_str(),
+                Quantile(stats->handoff_pause(), 0.99).c_str());
+  }
   return 0;
 }
 

@@ -34,6 +34,11 @@ class LatencyHistogram {
     for (uint64_t c : counts_) n += c;
     return n;
   }
+  // Back from saved counts (a histogram carried to another process).
+  void Restore(const std::array<uint64_t, kUpperBoundsNs.size() + 1>& counts, uint64_t sum_ns) {
+    counts_ = counts;
+    sum_ns_ = sum_ns;
+  }
 
  private:
   std::array<uint64_t, kUpperBoundsNs.size() + 1> counts_{};

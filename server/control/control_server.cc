@@ -44,6 +44,18 @@ void FillList(const service::DeviceListSnapshot& snapshot, pb::DeviceList* list)
   for (const auto& s : snapshot.devices) FillDevice(s, list->add_devices());
 }
 
+// A histogram in the control API's (Prometheus) form: cumulative buckets.
+void FillHistogram(const LatencyHistogram& from, pb::LatencyHistogram* h) {
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < LatencyHistogram::kUpperBoundsNs.size(); ++i) {
+    cumulative += from.counts()[i];
+    h->add_upper_bounds_seconds(static_cast<double>(LatencyHistogram::kUpperBoundsNs[i]) / 1e9);
+    h->add_bucket_counts(cumulative);
+  }
+  h->set_count(from.count());
+  h->set_sum_seconds(static_cast<double>(from.sum_ns()) / 1e9);
+}
+
 void FillStats(const service::DeviceCountersSnapshot& c, pb::DeviceStats* d) {
   d->set_id(c.id);
   d->set_device_class(c.device_class);
@@ -55,15 +67,7 @@ void FillStats(const service::DeviceCountersSnapshot& c, pb::DeviceStats* d) {
     o->set_bytes(op.bytes);
     o->set_errors(op.errors);
     errors += op.errors;
-    pb::LatencyHistogram* h = o->mutable_latency();
-    uint64_t cumulative = 0;
-    for (size_t i = 0; i < LatencyHistogram::kUpperBoundsNs.size(); ++i) {
-      cumulative += op.latency.counts()[i];
-      h->add_upper_bounds_seconds(static_cast<double>(LatencyHistogram::kUpperBoundsNs[i]) / 1e9);
-      h->add_bucket_counts(cumulative);
-    }
-    h->set_count(op.latency.count());
-    h->set_sum_seconds(static_cast<double>(op.latency.sum_ns()) / 1e9);
+    FillHistogram(op.latency, o->mutable_latency());
   }
   d->set_io_errors(errors);
   d->set_poll_busy_ns(c.poll_busy_ns);
@@ -126,6 +130,9 @@ class ControlService final : public pb::Control::Service {
       p->set_sleeps(t.stats.sleeps);
       p->set_devices(t.devices);
     }
+    service::DeviceManager::HandoffStats handoffs = manager_->handoff_stats();
+    response->set_handoffs(handoffs.handoffs);
+    FillHistogram(handoffs.pause, response->mutable_handoff_pause());
     return grpc::Status::OK;
   }
 

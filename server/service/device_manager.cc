@@ -533,6 +533,13 @@ Status DeviceManager::SuspendForHandoff(state::Writer* w, std::chrono::milliseco
       break;
     }
   }
+  {
+    // The counters of every handoff so far go with the devices.
+    std::lock_guard<std::mutex> lock(mutex_);
+    w->U64(handoff_stats_.handoffs);
+    for (uint64_t c : handoff_stats_.pause.counts()) w->U64(c);
+    w->U64(handoff_stats_.pause.sum_ns());
+  }
   w->EndSection(mark);
   if (!result.ok()) {
     FinishHandoff(false);
@@ -621,15 +628,35 @@ Result<ApplyReport> DeviceManager::ApplyFromHandoff(const std::vector<DevicePlan
     std::lock_guard<std::mutex> lock(mutex_);
     devices_[id] = m;
   }
+  HandoffStats carried;
+  carried.handoffs = s.U64();
+  std::array<uint64_t, LatencyHistogram::kUpperBoundsNs.size() + 1> counts{};
+  for (uint64_t& c : counts) c = s.U64();
+  carried.pause.Restore(counts, s.U64());
   s.ExpectEnd();
   if (!s.ok() || !r.ok()) {
     let_go();
     return (!s.ok() ? s.status() : r.status()).error();
   }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    handoff_stats_ = carried;
+  }
   Log::Write(LogLevel::kInfo, "handoff: devices taken over",
              {{"devices", std::to_string(adopted.size())}});
   // The devices of the configuration that the old server did not run start as usual.
   return Apply(plans);
+}
+
+DeviceManager::HandoffStats DeviceManager::handoff_stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return handoff_stats_;
+}
+
+void DeviceManager::RecordHandoff(std::chrono::nanoseconds pause) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++handoff_stats_.handoffs;
+  handoff_stats_.pause.Observe(static_cast<uint64_t>(pause.count()));
 }
 
 void DeviceManager::Shutdown() {

@@ -175,6 +175,17 @@ class DeviceManager {
   // and nothing else is started.
   Result<ApplyReport> ApplyFromHandoff(const std::vector<DevicePlan>& plans, state::Reader& r);
 
+  // Handoffs this server's devices went through, over every process generation (the count and
+  // the pauses travel with the devices): the pause is the time from the successor's request
+  // to its serving the devices, during which nothing was served.
+  struct HandoffStats {
+    uint64_t handoffs = 0;
+    LatencyHistogram pause;
+  };
+  HandoffStats handoff_stats() const;
+  // The successor: one more handoff, with the pause it measured.
+  void RecordHandoff(std::chrono::nanoseconds pause);
+
   unsigned poll_threads() const { return static_cast<unsigned>(reactors_.size()); }
   // Runs `task` on a poll thread (diagnostics and tests, e.g. simulating a stall).
   void PostToPollThread(unsigned thread, std::function<void()> task) {
@@ -221,6 +232,7 @@ class DeviceManager {
   bool stopped_ = false;
   std::mutex apply_mutex_;  // one Apply at a time (held from SuspendForHandoff to FinishHandoff)
   std::vector<std::shared_ptr<Managed>> suspended_;  // by SuspendForHandoff
+  HandoffStats handoff_stats_;                       // under mutex_
 };
 
 // The NUMA node of a CPU from sysfs, or -1.

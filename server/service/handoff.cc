@@ -194,6 +194,7 @@ Result<HandoffClient> HandoffClient::TakeOver(const std::string& path, DeviceMan
                                             ": " + conn.error().message);
   }
   VFU_RETURN_IF_ERROR(Configure(*conn, timeouts.peer));
+  const auto asked = Clock::now();  // the running server stops serving when it reads this
   std::vector<uint8_t> hello;
   PutU32(hello, kHandoffMagic);
   hello.push_back(static_cast<uint8_t>(state::kRecordFormatVersion));
@@ -233,6 +234,15 @@ Result<HandoffClient> HandoffClient::TakeOver(const std::string& path, DeviceMan
     (void)SendStatus(*conn, applied.error().code, applied.error().message);
     return applied.error();
   }
+  // Serving since ApplyFromHandoff: the pause the clients saw ends here.
+  auto pause = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - asked);
+  manager->RecordHandoff(pause);
+  Log::Write(LogLevel::kInfo, "handoff: serving the devices",
+             {{"devices", std::to_string(applied->added.size())},
+              {"fds", std::to_string(fd_count)},
+              {"record_bytes", std::to_string(bytes)},
+              {"pause_us", std::to_string(pause.count() / 1000)},
+              {"handoffs", std::to_string(manager->handoff_stats().handoffs)}});
   VFU_RETURN_IF_ERROR(SendStatus(*conn, 0, ""));
   if (report != nullptr) *report = std::move(*applied);
   HandoffClient client;

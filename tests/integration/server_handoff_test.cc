@@ -64,6 +64,7 @@ class ServerHandoff : public ::testing::Test {
     std::fclose(f);
     socket_ = dir_.File("disk.sock");
     handoff_ = dir_.File("handoff.sock");
+    control_ = dir_.File("control.sock");
   }
   std::vector<std::string> Args(const std::string& extra_device_keys = "") {
     return {
@@ -71,6 +72,8 @@ class ServerHandoff : public ::testing::Test {
         "virtio-blk,id=disk,socket=" + socket_ + ",backend=file,path=" + image_ + extra_device_keys,
         "--handoff-socket",
         handoff_,
+        "--control-socket",
+        control_,
         "--log-level",
         "debug"};
   }
@@ -84,6 +87,7 @@ class ServerHandoff : public ::testing::Test {
   std::string image_;
   std::string socket_;
   std::string handoff_;
+  std::string control_;
 };
 
 TEST_F(ServerHandoff, TheClientKeepsItsDeviceThroughTwoSuccessiveHandoffs) {
@@ -112,6 +116,12 @@ TEST_F(ServerHandoff, TheClientKeepsItsDeviceThroughTwoSuccessiveHandoffs) {
     EXPECT_EQ(*code, 0) << servers.back()->Output();
     EXPECT_NE(servers.back()->Output().find("handoff complete"), std::string::npos);
     servers.push_back(std::move(next));
+
+    // The handoffs are counted over both processes, on the control API of the one serving.
+    auto [code_ctl, stats] =
+        RunToCompletion(VFU_CTL_BINARY, {"stats", "--control-socket", control_});
+    EXPECT_EQ(code_ctl, 0) << stats;
+    EXPECT_NE(stats.find("handoffs: " + std::to_string(round) + " "), std::string::npos) << stats;
 
     // Same connection: what was written reads back, and new I/O works.
     WriteOrVerify(**driver, 0, 16, 1, false);
