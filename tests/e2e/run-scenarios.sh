@@ -685,7 +685,7 @@ scenario_blk_handoff() {
     tok=$(token)
     truncate -s 32M "$a" "$b"
     initrd "$name" "$SCRIPT_DIR/guest/blk-handoff.sh" || return 1
-    args=(--poll-threads 2 --handoff-socket "$WORK/$name.handoff"
+    args=(--poll-threads 2 --handoff-socket "$WORK/$name.handoff" --control-socket "$WORK/$name.control"
         --device "virtio-blk,id=hdA,socket=$WORK/hdA.sock,backend=file,path=$a"
         --device "virtio-blk,id=hdB,socket=$WORK/hdB.sock,backend=file,path=$b")
     # Each server generation logs to $name.gN.server.log (generation 0 is the first).
@@ -738,6 +738,12 @@ scenario_blk_handoff() {
         done
     done
     echo "    host: all $records records of both disks are in the images after $handoffs handoffs" >&2
+    # The serving server counts all of them (the count travels with the devices).
+    "$(dirname "$SERVER")/vfio-user-ctl" stats --control-socket "$WORK/$name.control" >"$WORK/$name.stats.txt" 2>&1 ||
+        { cat "$WORK/$name.stats.txt" >&2; fail "$name: vfio-user-ctl stats failed"; return 1; }
+    grep -q "^handoffs: $want " "$WORK/$name.stats.txt" ||
+        { cat "$WORK/$name.stats.txt" >&2; fail "$name: the server does not count $want handoffs"; return 1; }
+    echo "    host: vfio-user-ctl stats: $(grep '^handoffs:' "$WORK/$name.stats.txt")" >&2
     # The replaced servers logged no errors either.
     for ((n = 0; n < handoffs; n++)); do
         if grep -E 'level=error|device needs reset|request failed' "$WORK/$name.g$n.server.log" >&2; then
