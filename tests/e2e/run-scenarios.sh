@@ -702,8 +702,24 @@ scenario_blk_handoff() {
             old_log=$WORK/$cur.server.log
             handoffs=$((handoffs + 1))
             cur=$name.g$handoffs
-            start_server "$cur" "${args[@]}" --take-over "$WORK/$name.handoff" ||
-                { fail "$name: successor $handoffs did not start (the old server: $(basename "$old_log"))"; return 1; }
+            if ! start_server "$cur" "${args[@]}" --take-over "$WORK/$name.handoff"; then
+                # The old server serves on after a failed handoff: it is still ours to stop.
+                kill -TERM "$old_pid" 2>/dev/null || true
+                wait "$old_pid" 2>/dev/null || true
+                fail "$name: successor $handoffs did not start (the old server: $(basename "$old_log"))"
+                return 1
+            fi
+            # The old server must exit by itself once the successor serves (at most 20 s).
+            for ((n = 0; n < 200; n++)); do
+                kill -0 "$old_pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            if kill -0 "$old_pid" 2>/dev/null; then
+                kill -KILL "$old_pid" 2>/dev/null || true
+                wait "$old_pid" 2>/dev/null || true
+                fail "$name: the server replaced in handoff $handoffs did not exit within 20 s"
+                return 1
+            fi
             rc=0
             wait "$old_pid" || rc=$?
             ((rc == 0)) || { fail "$name: the server replaced in handoff $handoffs exited $rc"; return 1; }
