@@ -18,6 +18,7 @@
 #include "server/client/virtio_blk_driver.h"
 #include "server/state/record.h"
 #include "server/transport/unix_socket.h"
+#include "tests/support/blk_io.h"
 #include "tests/support/server_thread.h"
 
 namespace vfu::testing {
@@ -27,33 +28,6 @@ using client::BlkCompletion;
 using client::VirtioBlkDriver;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
-
-uint8_t Pattern(uint64_t sector, uint32_t i, uint8_t seed) {
-  return static_cast<uint8_t>((sector * 131 + i * 7 + seed) & 0xff);
-}
-
-// Writes (or reads back and checks) `count` 4 KiB blocks from `first_sector` at depth 1.
-void WriteOrVerify(VirtioBlkDriver& d, uint64_t first_sector, int count, uint8_t seed, bool write) {
-  for (int n = 0; n < count; ++n) {
-    uint64_t sector = first_sector + static_cast<uint64_t>(n) * 8;
-    uint8_t* buf = d.slot_buffer(0, 0);
-    if (write) {
-      for (uint32_t i = 0; i < 4096; ++i) buf[i] = Pattern(sector, i, seed);
-      ASSERT_TRUE(d.Write(0, 0, sector, 4096, n).ok());
-    } else {
-      std::memset(buf, 0, 4096);
-      ASSERT_TRUE(d.Read(0, 0, sector, 4096, n).ok());
-    }
-    auto got = d.WaitFor(0, 1, seconds(10));
-    ASSERT_TRUE(got.ok()) << got.error().message;
-    ASSERT_EQ((*got)[0].status, 0) << "request " << n;
-    if (!write) {
-      for (uint32_t i = 0; i < 4096; ++i) {
-        ASSERT_EQ(buf[i], Pattern(sector, i, seed)) << "sector " << sector << " byte " << i;
-      }
-    }
-  }
-}
 
 // A file-backed virtio-blk device served by a first server thread, and a client driving it.
 class Handoff : public ::testing::Test {
@@ -108,7 +82,7 @@ class Handoff : public ::testing::Test {
 };
 
 TEST_F(Handoff, TheClientKeepsItsDeviceAndDataAcrossTheHandoff) {
-  WriteOrVerify(*driver_, 0, 32, 1, true);
+  WriteOrVerifyBlocks(*driver_, 0, 32, 1, true);
   state::Writer w;
   Status saved = Suspend(&w);
   ASSERT_TRUE(saved.ok()) << saved.message();
@@ -123,9 +97,9 @@ TEST_F(Handoff, TheClientKeepsItsDeviceAndDataAcrossTheHandoff) {
   endpoint_.reset();  // the first server's device object is gone too, as with its process
 
   // Same client, same connection: the data is there and new I/O works.
-  WriteOrVerify(*driver_, 0, 32, 1, false);
-  WriteOrVerify(*driver_, 1024, 32, 2, true);
-  WriteOrVerify(*driver_, 1024, 32, 2, false);
+  WriteOrVerifyBlocks(*driver_, 0, 32, 1, false);
+  WriteOrVerifyBlocks(*driver_, 1024, 32, 2, true);
+  WriteOrVerifyBlocks(*driver_, 1024, 32, 2, false);
   // The socket path is still served (by the second server): it accepts connections (and
   // turns a second client away while the first is connected, as before).
   auto other = UnixConnection::Connect(socket_);
@@ -133,7 +107,7 @@ TEST_F(Handoff, TheClientKeepsItsDeviceAndDataAcrossTheHandoff) {
 }
 
 TEST_F(Handoff, RequestsSentDuringTheHandoffAreServedByTheNewServer) {
-  WriteOrVerify(*driver_, 0, 8, 3, true);
+  WriteOrVerifyBlocks(*driver_, 0, 8, 3, true);
   state::Writer w;
   ASSERT_TRUE(Suspend(&w).ok());
   // The driver submits while nobody serves: the request (a kick message) waits in the socket.
@@ -147,11 +121,11 @@ TEST_F(Handoff, RequestsSentDuringTheHandoffAreServedByTheNewServer) {
   ASSERT_TRUE(got.ok()) << got.error().message;
   EXPECT_EQ((*got)[0].tag, 77u);
   EXPECT_EQ((*got)[0].status, 0);
-  for (uint32_t i = 0; i < 4096; ++i) ASSERT_EQ(buf[i], Pattern(0, i, 3)) << i;
+  for (uint32_t i = 0; i < 4096; ++i) ASSERT_EQ(buf[i], BlockPattern(0, i, 3)) << i;
 }
 
 TEST_F(Handoff, AFailedTakeoverLeavesTheFirstServerServing) {
-  WriteOrVerify(*driver_, 0, 8, 4, true);
+  WriteOrVerifyBlocks(*driver_, 0, 8, 4, true);
   state::Writer w;
   ASSERT_TRUE(Suspend(&w).ok());
   // The new server's device does not fit the record (another queue count, so another number
@@ -167,9 +141,9 @@ TEST_F(Handoff, AFailedTakeoverLeavesTheFirstServerServing) {
 
   // The first server resumes and the client goes on as if nothing happened.
   first_.RunOnReactor([&] { endpoint_->Resume(); });
-  WriteOrVerify(*driver_, 0, 8, 4, false);
-  WriteOrVerify(*driver_, 512, 8, 5, true);
-  WriteOrVerify(*driver_, 512, 8, 5, false);
+  WriteOrVerifyBlocks(*driver_, 0, 8, 4, false);
+  WriteOrVerifyBlocks(*driver_, 512, 8, 5, true);
+  WriteOrVerifyBlocks(*driver_, 512, 8, 5, false);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "server/client/client.h"
 #include "server/client/virtio_blk_driver.h"
 #include "server/transport/unix_socket.h"
+#include "tests/support/blk_io.h"
 #include "tests/support/subprocess.h"
 
 namespace vfu::testing {
@@ -27,32 +28,6 @@ namespace {
 
 using client::VirtioBlkDriver;
 using std::chrono::seconds;
-
-uint8_t Pattern(uint64_t sector, uint32_t i, uint8_t seed) {
-  return static_cast<uint8_t>((sector * 29 + i * 13 + seed) & 0xff);
-}
-
-void WriteOrVerify(VirtioBlkDriver& d, uint64_t first_sector, int count, uint8_t seed, bool write) {
-  for (int n = 0; n < count; ++n) {
-    uint64_t sector = first_sector + static_cast<uint64_t>(n) * 8;
-    uint8_t* buf = d.slot_buffer(0, 0);
-    if (write) {
-      for (uint32_t i = 0; i < 4096; ++i) buf[i] = Pattern(sector, i, seed);
-      ASSERT_TRUE(d.Write(0, 0, sector, 4096, n).ok());
-    } else {
-      std::memset(buf, 0, 4096);
-      ASSERT_TRUE(d.Read(0, 0, sector, 4096, n).ok());
-    }
-    auto got = d.WaitFor(0, 1, seconds(10));
-    ASSERT_TRUE(got.ok()) << got.error().message;
-    ASSERT_EQ((*got)[0].status, 0) << "request " << n;
-    if (!write) {
-      for (uint32_t i = 0; i < 4096; ++i) {
-        ASSERT_EQ(buf[i], Pattern(sector, i, seed)) << "sector " << sector << " byte " << i;
-      }
-    }
-  }
-}
 
 class ServerHandoff : public ::testing::Test {
  protected:
@@ -82,27 +57,42 @@ class ServerHandoff : public ::testing::Test {
     EXPECT_TRUE(p->Start());
     return p;
   }
+  // A server with the device, and a client whose driver has written `blocks` blocks.
+  void StartServingAClient(int blocks, uint8_t seed) {
+    server_ = StartServer(Args());
+    ASSERT_TRUE(server_->WaitForOutput("vfio-user-server ready", seconds(10))) << server_->Output();
+    auto client = client::Client::Connect(socket_);
+    ASSERT_TRUE(client.ok()) << client.error().message;
+    client_ = std::move(*client);
+    client::VirtioBlkDriverOptions options;
+    options.queue_size = 64;
+    auto driver = VirtioBlkDriver::Create(client_.get(), options);
+    ASSERT_TRUE(driver.ok()) << driver.error().message;
+    driver_ = std::move(*driver);
+    WriteOrVerifyBlocks(*driver_, 0, blocks, seed, true);
+  }
+  // The client goes, then the serving server stops on SIGTERM and must exit 0.
+  void StopServing(Subprocess* serving) {
+    driver_.reset();
+    client_.reset();
+    serving->Signal(SIGTERM);
+    EXPECT_EQ(serving->Wait(seconds(20)), 0) << serving->Output();
+  }
 
   TempDir dir_;
   std::string image_;
   std::string socket_;
   std::string handoff_;
   std::string control_;
+  std::unique_ptr<Subprocess> server_;
+  std::unique_ptr<client::Client> client_;
+  std::unique_ptr<VirtioBlkDriver> driver_;
 };
 
 TEST_F(ServerHandoff, TheClientKeepsItsDeviceThroughTwoSuccessiveHandoffs) {
-  auto first = StartServer(Args());
-  ASSERT_TRUE(first->WaitForOutput("vfio-user-server ready", seconds(10))) << first->Output();
-  auto client = client::Client::Connect(socket_);
-  ASSERT_TRUE(client.ok()) << client.error().message;
-  client::VirtioBlkDriverOptions options;
-  options.queue_size = 64;
-  auto driver = VirtioBlkDriver::Create(client->get(), options);
-  ASSERT_TRUE(driver.ok()) << driver.error().message;
-  WriteOrVerify(**driver, 0, 16, 1, true);
-
+  StartServingAClient(16, 1);
   std::vector<std::unique_ptr<Subprocess>> servers;
-  servers.push_back(std::move(first));
+  servers.push_back(std::move(server_));
   for (int round = 1; round <= 2; ++round) {
     SCOPED_TRACE("handoff " + std::to_string(round));
     std::vector<std::string> args = Args();
@@ -124,26 +114,15 @@ TEST_F(ServerHandoff, TheClientKeepsItsDeviceThroughTwoSuccessiveHandoffs) {
     EXPECT_NE(stats.find("handoffs: " + std::to_string(round) + " "), std::string::npos) << stats;
 
     // Same connection: what was written reads back, and new I/O works.
-    WriteOrVerify(**driver, 0, 16, 1, false);
-    WriteOrVerify(**driver, 1024u * round, 16, static_cast<uint8_t>(10 + round), true);
-    WriteOrVerify(**driver, 1024u * round, 16, static_cast<uint8_t>(10 + round), false);
+    WriteOrVerifyBlocks(*driver_, 0, 16, 1, false);
+    WriteOrVerifyBlocks(*driver_, 1024u * round, 16, static_cast<uint8_t>(10 + round), true);
+    WriteOrVerifyBlocks(*driver_, 1024u * round, 16, static_cast<uint8_t>(10 + round), false);
   }
-  driver->reset();
-  client->reset();
-  servers.back()->Signal(SIGTERM);
-  EXPECT_EQ(servers.back()->Wait(seconds(20)), 0);
+  StopServing(servers.back().get());
 }
 
 TEST_F(ServerHandoff, ASuccessorThatCannotTakeTheDevicesExitsAndTheServerServesOn) {
-  auto server = StartServer(Args());
-  ASSERT_TRUE(server->WaitForOutput("vfio-user-server ready", seconds(10))) << server->Output();
-  auto client = client::Client::Connect(socket_);
-  ASSERT_TRUE(client.ok());
-  client::VirtioBlkDriverOptions options;
-  options.queue_size = 64;
-  auto driver = VirtioBlkDriver::Create(client->get(), options);
-  ASSERT_TRUE(driver.ok());
-  WriteOrVerify(**driver, 0, 8, 3, true);
+  StartServingAClient(8, 3);
 
   // Another queue count: the device's MSI-X vectors do not match the record.
   std::vector<std::string> args = Args(",queues=2");
@@ -154,30 +133,20 @@ TEST_F(ServerHandoff, ASuccessorThatCannotTakeTheDevicesExitsAndTheServerServesO
   ASSERT_TRUE(code.has_value());
   EXPECT_EQ(*code, 1) << successor->Output();
   EXPECT_NE(successor->Output().find("cannot take over"), std::string::npos) << successor->Output();
-  EXPECT_TRUE(server->WaitForOutput("handoff failed; serving on", seconds(10))) << server->Output();
-  EXPECT_TRUE(server->running());
+  EXPECT_TRUE(server_->WaitForOutput("handoff failed; serving on", seconds(10)))
+      << server_->Output();
+  EXPECT_TRUE(server_->running());
 
-  WriteOrVerify(**driver, 0, 8, 3, false);
-  WriteOrVerify(**driver, 512, 8, 4, true);
-  WriteOrVerify(**driver, 512, 8, 4, false);
-  driver->reset();
-  client->reset();
-  server->Signal(SIGTERM);
-  EXPECT_EQ(server->Wait(seconds(20)), 0);
+  WriteOrVerifyBlocks(*driver_, 0, 8, 3, false);
+  WriteOrVerifyBlocks(*driver_, 512, 8, 4, true);
+  WriteOrVerifyBlocks(*driver_, 512, 8, 4, false);
+  StopServing(server_.get());
 }
 
 // A successor that dies midway: it asks, receives the head of the state, and goes away without
 // answering. The running server must resume its devices, and the client must not notice.
 TEST_F(ServerHandoff, ASuccessorThatDiesMidwayLeavesTheServerServing) {
-  auto server = StartServer(Args());
-  ASSERT_TRUE(server->WaitForOutput("vfio-user-server ready", seconds(10))) << server->Output();
-  auto client = client::Client::Connect(socket_);
-  ASSERT_TRUE(client.ok());
-  client::VirtioBlkDriverOptions options;
-  options.queue_size = 64;
-  auto driver = VirtioBlkDriver::Create(client->get(), options);
-  ASSERT_TRUE(driver.ok());
-  WriteOrVerify(**driver, 0, 8, 6, true);
+  StartServingAClient(8, 6);
   {
     auto successor = UnixConnection::Connect(handoff_);
     ASSERT_TRUE(successor.ok()) << successor.error().message;
@@ -192,15 +161,13 @@ TEST_F(ServerHandoff, ASuccessorThatDiesMidwayLeavesTheServerServing) {
     ASSERT_GE(got->bytes, 4u);
     EXPECT_EQ(head[0], 0) << "the server should have started to hand over";
   }  // the successor "dies": its end of the handoff connection closes
-  EXPECT_TRUE(server->WaitForOutput("handoff failed; serving on", seconds(10))) << server->Output();
-  EXPECT_TRUE(server->WaitForOutput("serving again: the handoff did not complete", seconds(10)));
-  WriteOrVerify(**driver, 0, 8, 6, false);
-  WriteOrVerify(**driver, 256, 8, 7, true);
-  WriteOrVerify(**driver, 256, 8, 7, false);
-  driver->reset();
-  client->reset();
-  server->Signal(SIGTERM);
-  EXPECT_EQ(server->Wait(seconds(20)), 0);
+  EXPECT_TRUE(server_->WaitForOutput("handoff failed; serving on", seconds(10)))
+      << server_->Output();
+  EXPECT_TRUE(server_->WaitForOutput("serving again: the handoff did not complete", seconds(10)));
+  WriteOrVerifyBlocks(*driver_, 0, 8, 6, false);
+  WriteOrVerifyBlocks(*driver_, 256, 8, 7, true);
+  WriteOrVerifyBlocks(*driver_, 256, 8, 7, false);
+  StopServing(server_.get());
 }
 
 // A successor that reads another state format (an incompatible version) is refused before
