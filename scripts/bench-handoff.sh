@@ -6,23 +6,29 @@
 #     successor's request to its serving the devices; nothing is served in between);
 #   - the successor's start-up before its request (process start, configuration), apart;
 #   - whether every client finished without an I/O error (a lost or failed request fails it).
+# --idle: the clients attach and set up their queues but do no I/O until the end (then one
+# read each): the cost of the handoff per device, without client processes polling on the
+# same CPUs.
 #
-#   scripts/bench-handoff.sh [--devices N] [--handoffs K] [--build-dir DIR]
+#   scripts/bench-handoff.sh [--devices N] [--handoffs K] [--idle] [--build-dir DIR]
 #
-# Defaults: 1 device, 10 handoffs, build/ (scripts/build.sh release). Everything runs in a
-# temporary directory on unix sockets; every process it starts is stopped when it ends.
+# Defaults: 1 device, 10 handoffs, busy clients, build/ (scripts/build.sh release). Everything
+# runs in a temporary directory on unix sockets; every process it starts is stopped when it
+# ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 devices=1
 handoffs=10
 build_dir=build
+rw=randread
 while (($#)); do
   case "$1" in
+    --idle) rw=idle ;;
     --devices) devices=$2; shift ;;
     --handoffs) handoffs=$2; shift ;;
     --build-dir) build_dir=$2; shift ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-handoff: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -70,7 +76,7 @@ start 0
 # Each client runs long enough for every handoff (about 1 s apart) and then some.
 duration=$((handoffs * 2 + 5))
 for ((i = 0; i < devices; i++)); do
-  "$ctl" bench "$work/d$i.sock" --rw randread --bs 4096 --qd 4 --duration "$duration" \
+  "$ctl" bench "$work/d$i.sock" --rw "$rw" --bs 4096 --qd 4 --duration "$duration" \
     >"$work/bench.$i.log" 2>&1 &
   bench_pids+=($!)
   pids+=($!)
@@ -107,7 +113,7 @@ done
 pause=$(grep '^handoffs:' "$work/stats.txt" || echo "handoffs: none recorded")
 sorted=$(printf '%s\n' "${startup_ms[@]}" | sort -n)
 median=$(sed -n "$(((handoffs + 1) / 2))p" <<<"$sorted")
-echo "devices $devices, $pause; successor start to serving (whole process, not a pause): median ${median} ms, max $(tail -n 1 <<<"$sorted") ms; clients: $([[ $failed == 0 ]] && echo 'all finished without an error' || echo FAILED)"
+echo "devices $devices ($rw clients), $pause; successor start to serving (whole process, not a pause): median ${median} ms, max $(tail -n 1 <<<"$sorted") ms; clients: $([[ $failed == 0 ]] && echo 'all finished without an error' || echo FAILED)"
 grep -h 'msg="handoff: serving the devices"' "$work"/server.*.log | sed -n 's/.*pause_us=\([0-9]*\).*/\1/p' |
   sort -n | awk '{v[NR]=$1} END {if (NR) printf "pause per handoff, from the successors logs: min %d us, median %d us, max %d us\n", v[1], v[int((NR+1)/2)], v[NR]}'
 exit "$failed"

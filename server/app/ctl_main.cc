@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "server/app/ctl_control.h"
@@ -52,8 +53,10 @@ int Bench(const std::string& socket, const BenchOptions& o) {
     return 2;
   }
   bool sequential = o.pattern == "read" || o.pattern == "write";
-  if (!sequential && o.pattern != "randread" && o.pattern != "randwrite" && o.pattern != "randrw") {
-    std::fprintf(stderr, "error: --rw must be randread, randwrite, read, write or randrw\n");
+  bool idle = o.pattern == "idle";
+  if (!sequential && !idle && o.pattern != "randread" && o.pattern != "randwrite" &&
+      o.pattern != "randrw") {
+    std::fprintf(stderr, "error: --rw must be randread, randwrite, read, write, randrw or idle\n");
     return 2;
   }
   auto client = client::Client::Connect(socket);
@@ -72,6 +75,18 @@ int Bench(const std::string& socket, const BenchOptions& o) {
     return 1;
   }
   client::VirtioBlkDriver& d = **driver;
+  if (idle) {
+    // Attached, queues set up, no I/O (e.g. while the server is replaced: handoff benchmarks),
+    // then one read to show that the device still serves this connection.
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.seconds));
+    Status s = d.Read(0, 0, 0, o.block_size, 1);
+    auto got = s.ok() ? d.WaitFor(0, 1, std::chrono::seconds(10))
+                      : Result<std::vector<client::BlkCompletion>>(s.error());
+    bool ok = got.ok() && got->size() == 1 && (*got)[0].status == 0;
+    std::printf("idle for %.1f s; one read afterwards: %s\n", o.seconds,
+                ok ? "ok" : (got.ok() ? "failed" : got.error().message.c_str()));
+    return ok ? 0 : 1;
+  }
   uint64_t disk = d.capacity_sectors() * 512;
   uint64_t span = o.span_bytes != 0 ? std::min(o.span_bytes, disk) : disk;
   uint64_t blocks = span / o.block_size;
@@ -176,7 +191,10 @@ int Main(int argc, char** argv) {
   bench_cmd->add_option("socket", bench_socket, "the device's vfio-user socket")->required();
   bench_cmd->add_option("--bs", bench.block_size, "block size in bytes")->capture_default_str();
   bench_cmd->add_option("--qd", bench.queue_depth, "queue depth (1..256)")->capture_default_str();
-  bench_cmd->add_option("--rw", bench.pattern, "randread, randwrite, read, write or randrw")
+  bench_cmd
+      ->add_option("--rw", bench.pattern,
+                   "randread, randwrite, read, write, randrw, or idle (attach, do no I/O for "
+                   "--duration, then one read)")
       ->capture_default_str();
   bench_cmd->add_option("--read-percent", bench.read_percent, "reads in % with --rw randrw")
       ->capture_default_str();

@@ -167,6 +167,22 @@ TEST(CtlBinary, InfoDescribesTheSampleDevice) {
   EXPECT_NE(out.find("irq 0 (INTx): 1 vector(s)"), std::string::npos) << out;
 }
 
+// bench --rw idle (for handoff benchmarks): attaches, does no I/O for --duration, then one read
+// must succeed.
+TEST(CtlBinary, BenchIdleAttachesWaitsAndReadsOnceAtTheEnd) {
+  TempDir dir;
+  std::string sock = dir.File("d.sock");
+  Subprocess server(VFU_SERVER_BINARY,
+                    {"--device", "virtio-blk,id=d,socket=" + sock + ",backend=null,size=1M"});
+  ASSERT_TRUE(server.Start());
+  ASSERT_TRUE(server.WaitForOutput("ready", seconds(10)));
+  auto [code, out] =
+      RunToCompletion(VFU_CTL_BINARY, {"bench", sock, "--rw", "idle", "--duration", "0.2"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("idle for 0.2 s; one read afterwards: ok"), std::string::npos) << out;
+  EXPECT_EQ(server.Output().find("request failed"), std::string::npos) << server.Output();
+}
+
 TEST(CtlBinary, InfoOnAMissingSocketFailsWithTheReason) {
   auto [code, out] = RunToCompletion(VFU_CTL_BINARY, {"info", "/nonexistent/x.sock"});
   EXPECT_EQ(code, 1);
