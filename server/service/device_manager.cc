@@ -148,17 +148,25 @@ Status DeviceManager::StartDevice(const std::shared_ptr<Managed>& m) {
   } else {
     VFU_RETURN_IF_ERROR(CreateParentDirectories(plan.spec.socket));
   }
+  return StartOnPollThread(m, [&m](DeviceEndpoint& endpoint) {
+    if (m->plan.owner) {
+      endpoint.SetSocketOwner(m->plan.owner->uid, m->plan.owner->gid, m->plan.owner->mode);
+    }
+    return endpoint.Start();
+  });
+}
+
+Status DeviceManager::StartOnPollThread(const std::shared_ptr<Managed>& m,
+                                        const std::function<Status(DeviceEndpoint&)>& start) {
+  const DevicePlan& plan = m->plan;
   auto device = devices::CreateDevice(plan.spec);
   if (!device) return device.error();
   auto started = std::make_shared<Status>(MakeError(ETIMEDOUT, "the poll thread did not answer"));
   std::unique_ptr<VfioDevice> owned = std::move(*device);
-  bool ran = RunOn(plan.poll_thread, [this, m, started, &owned] {
+  bool ran = RunOn(plan.poll_thread, [this, m, started, &owned, &start] {
     auto endpoint = std::make_unique<DeviceEndpoint>(
         m->plan.spec.id, m->plan.spec.socket, owned.get(), reactors_[m->plan.poll_thread].get());
-    if (m->plan.owner) {
-      endpoint->SetSocketOwner(m->plan.owner->uid, m->plan.owner->gid, m->plan.owner->mode);
-    }
-    Status s = endpoint->Start();
+    Status s = start(*endpoint);
     if (s.ok()) {
       m->device = std::move(owned);
       m->endpoint = std::move(endpoint);
@@ -166,8 +174,8 @@ Status DeviceManager::StartDevice(const std::shared_ptr<Managed>& m) {
     *started = s;
   });
   if (!ran) {
-    // The task may still run later; `owned` must outlive it, so it cannot be a local then.
-    // Wait for it without a limit: a poll thread that never returns is a stalled server.
+    // The task may still run later; `owned` and `start` must outlive it, so it cannot be left
+    // behind. Wait for it without a limit: a poll thread that never returns is a stalled server.
     Log::Write(LogLevel::kError, "poll thread did not start the device in time; waiting",
                {{"device", plan.spec.id}, {"poll_thread", std::to_string(plan.poll_thread)}});
     while (!RunOn(plan.poll_thread, [] {})) {
@@ -597,32 +605,13 @@ Result<ApplyReport> DeviceManager::ApplyFromHandoff(const std::vector<DevicePlan
       return MakeError(ENOENT, "the running server has device " + id +
                                    ", which this configuration does not have");
     }
-    auto device = devices::CreateDevice(plan->spec);
-    if (!device) {
-      let_go();
-      return MakeError(device.error().code, "device " + id + ": " + device.error().message);
-    }
     auto m = std::make_shared<Managed>();
     m->plan = *plan;
-    auto status = std::make_shared<Status>(MakeError(ETIMEDOUT, "the poll thread did not answer"));
-    std::unique_ptr<VfioDevice> owned = std::move(*device);
-    bool ran = RunOn(plan->poll_thread, [this, m, status, &owned, &s] {
-      auto endpoint = std::make_unique<DeviceEndpoint>(
-          m->plan.spec.id, m->plan.spec.socket, owned.get(), reactors_[m->plan.poll_thread].get());
-      *status = endpoint->StartFromState(s);
-      if (status->ok()) {
-        m->device = std::move(owned);
-        m->endpoint = std::move(endpoint);
-      }
-    });
-    if (!ran) {
-      // `owned` and `s` must outlive the task: wait for the stalled thread (a broken server).
-      while (!RunOn(plan->poll_thread, [] {})) {
-      }
-    }
-    if (!status->ok()) {
+    Status started =
+        StartOnPollThread(m, [&s](DeviceEndpoint& endpoint) { return endpoint.StartFromState(s); });
+    if (!started.ok()) {
       let_go();
-      return MakeError(status->code(), "device " + id + ": " + status->message());
+      return MakeError(started.code(), "device " + id + ": " + started.message());
     }
     adopted.push_back(m);
     std::lock_guard<std::mutex> lock(mutex_);

@@ -201,6 +201,10 @@ class DeviceManager {
   };
 
   Status StartDevice(const std::shared_ptr<Managed>& m);
+  // Creates m's device and, on its poll thread, an endpoint for it that `start` starts (Start,
+  // or StartFromState); on success both go into m. Waits for a stalled poll thread.
+  Status StartOnPollThread(const std::shared_ptr<Managed>& m,
+                           const std::function<Status(DeviceEndpoint&)>& start);
   // Runs `task` on poll thread `thread` and waits for it (false on timeout).
   bool RunOn(unsigned thread, std::function<void()> task);
   // On the poll thread: stops and destroys the device if no client is connected.

@@ -174,9 +174,7 @@ bool HandoffListener::ServePending(DeviceManager* manager, const HandoffTimeouts
     bool handed_over = false;
     Status s = HandOver(*conn, manager, timeouts, &handed_over);
     if (handed_over) {
-      // Keep the connection open until this process exits: the successor waits for its end.
-      static UnixConnection kept;
-      kept = std::move(*conn);
+      successor_ = std::move(*conn);
       return true;
     }
     Log::Write(LogLevel::kWarn, "handoff failed; serving on",

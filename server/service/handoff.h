@@ -50,6 +50,10 @@ class HandoffListener {
   bool ServePending(DeviceManager* manager, const HandoffTimeouts& timeouts);
 
  private:
+  // The successor that took the devices, kept open until this process exits: it waits for the
+  // end of this connection before binding the sockets this server holds. Declared before the
+  // listener so that it closes after the listener has unlinked the handoff socket.
+  UnixConnection successor_;
   UnixListener listener_;
 };
 

@@ -35,16 +35,9 @@ Status DeviceEndpoint::Start() {
       return st;
     }
   }
-  Status s = reactor_->Add(listener_.fd(), EPOLLIN, [this](uint32_t) { OnAccept(); });
-  if (!s.ok()) {
+  if (Status s = Watch(); !s.ok()) {
     listener_ = UnixListener();
     return s;
-  }
-  if (Poller* poller = device_->poller()) reactor_->AddPoller(poller, id_);
-  if (int fd = device_->wake_fd(); fd >= 0) {
-    // Completions of device I/O: waking is all that is needed, the poller collects them.
-    s = reactor_->Add(fd, EPOLLIN, [](uint32_t) {});
-    if (!s.ok()) log_.Warn("cannot watch the device's completion fd", {{"error", s.message()}});
   }
   log_.Info("listening", {{"socket", socket_path_}});
   return Status::Ok();
@@ -61,9 +54,7 @@ void DeviceEndpoint::Stop() {
   }
   EndSession();
   if (listener_.fd() >= 0) {
-    if (Poller* poller = device_->poller()) reactor_->RemovePoller(poller);
-    if (int fd = device_->wake_fd(); fd >= 0) reactor_->Remove(fd);
-    reactor_->Remove(listener_.fd());
+    Unwatch();
     listener_ = UnixListener();  // closes and unlinks
   }
 }
@@ -175,6 +166,7 @@ Status DeviceEndpoint::Watch() {
   VFU_RETURN_IF_ERROR(reactor_->Add(listener_.fd(), EPOLLIN, [this](uint32_t) { OnAccept(); }));
   if (Poller* poller = device_->poller()) reactor_->AddPoller(poller, id_);
   if (int fd = device_->wake_fd(); fd >= 0) {
+    // Completions of device I/O: waking is all that is needed, the poller collects them.
     Status s = reactor_->Add(fd, EPOLLIN, [](uint32_t) {});
     if (!s.ok()) log_.Warn("cannot watch the device's completion fd", {{"error", s.message()}});
   }

@@ -69,7 +69,8 @@ class DeviceEndpoint {
   VfioDevice* device() const { return device_; }
 
  private:
-  // Watches the listener, the device's poller and wake fd, and the session (Start, Resume).
+  // Watches the listener, the device's poller and wake fd, and the session if there is one
+  // (Start, Resume, StartFromState); Unwatch undoes it (Stop, SuspendAndSave).
   Status Watch();
   void Unwatch();
   void OnAccept();

@@ -367,21 +367,14 @@ Status SplitVirtqueue::RestoreState(state::Reader& r, GuestMemory* memory) {
   s.ExpectEnd();
   if (!s.ok()) return s.status();
   if (!r.ok()) return r.status();
+  // Configure checks the rings against the restored memory; only then does anything change.
+  SplitVirtqueue restored;
   if (was_ready) {
-    // Configure checks the rings against the restored memory; only then does anything change.
-    SplitVirtqueue restored;
     if (Status st = restored.Configure(config, memory); !st.ok()) {
       return MakeError(st.code(), "virtqueue state: " + st.message());
     }
-    Reset();
-    config_ = config;
-    memory_ = memory;
-    desc_ = restored.desc_;
-    avail_ = restored.avail_;
-    used_ = restored.used_;
-  } else {
-    Reset();
   }
+  *this = std::move(restored);
   last_avail_idx_ = last_avail;
   shadow_avail_idx_ = last_avail;
   used_idx_ = used;

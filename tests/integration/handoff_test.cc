@@ -48,14 +48,7 @@ class Handoff : public ::testing::Test {
     endpoint_ = std::make_unique<DeviceEndpoint>("disk", socket_, device_.get(), &first_.reactor());
     ASSERT_TRUE(endpoint_->Start().ok());
     first_.Start();
-    auto client = client::Client::Connect(socket_);
-    ASSERT_TRUE(client.ok()) << client.error().message;
-    client_ = std::move(*client);
-    client::VirtioBlkDriverOptions options;
-    options.queue_size = 64;
-    auto driver = VirtioBlkDriver::Create(client_.get(), options);
-    ASSERT_TRUE(driver.ok()) << driver.error().message;
-    driver_ = std::move(*driver);
+    ConnectBlkDriver(socket_, &client_, &driver_);
   }
   void TearDown() override {
     driver_.reset();

@@ -61,14 +61,7 @@ class ServerHandoff : public ::testing::Test {
   void StartServingAClient(int blocks, uint8_t seed) {
     server_ = StartServer(Args());
     ASSERT_TRUE(server_->WaitForOutput("vfio-user-server ready", seconds(10))) << server_->Output();
-    auto client = client::Client::Connect(socket_);
-    ASSERT_TRUE(client.ok()) << client.error().message;
-    client_ = std::move(*client);
-    client::VirtioBlkDriverOptions options;
-    options.queue_size = 64;
-    auto driver = VirtioBlkDriver::Create(client_.get(), options);
-    ASSERT_TRUE(driver.ok()) << driver.error().message;
-    driver_ = std::move(*driver);
+    ConnectBlkDriver(socket_, &client_, &driver_);
     WriteOrVerifyBlocks(*driver_, 0, blocks, seed, true);
   }
   // The client goes, then the serving server stops on SIGTERM and must exit 0.

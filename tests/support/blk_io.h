@@ -1,20 +1,36 @@
 // Block I/O for tests that keep a userspace virtio-blk driver busy while the server under it
-// changes (handoffs): 4 KiB blocks with a pattern derived from (sector, byte, seed), written or
-// read back and checked one at a time on queue 0, slot 0.
+// changes (handoffs): a connected driver, and 4 KiB blocks with a pattern derived from (sector,
+// byte, seed), written or read back and checked one at a time on queue 0, slot 0.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <string>
 
 #include <gtest/gtest.h>
 
+#include "server/client/client.h"
 #include "server/client/virtio_blk_driver.h"
 
 namespace vfu::testing {
 
 inline uint8_t BlockPattern(uint64_t sector, uint32_t byte, uint8_t seed) {
   return static_cast<uint8_t>((sector * 29 + byte * 13 + seed) & 0xff);
+}
+
+// Connects to `socket` and sets up a driver with one 64-entry queue into *client and *driver.
+inline void ConnectBlkDriver(const std::string& socket, std::unique_ptr<client::Client>* client,
+                             std::unique_ptr<client::VirtioBlkDriver>* driver) {
+  auto connected = client::Client::Connect(socket);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  *client = std::move(*connected);
+  client::VirtioBlkDriverOptions options;
+  options.queue_size = 64;
+  auto created = client::VirtioBlkDriver::Create(client->get(), options);
+  ASSERT_TRUE(created.ok()) << created.error().message;
+  *driver = std::move(*created);
 }
 
 // Writes (or reads back and checks) `count` 4 KiB blocks from `first_sector`, at depth 1.

@@ -61,6 +61,13 @@ TEST(Filesystem, AFileInTheWayIsAClearError) {
   EXPECT_NE(s.message().find("cannot create"), std::string::npos) << s.message();
 }
 
+bool CreateFileWithMode(const std::string& path, mode_t mode) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) return false;
+  std::fclose(f);
+  return ::chmod(path.c_str(), mode) == 0;
+}
+
 int BindSocket(const std::string& path) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr{};
@@ -88,12 +95,7 @@ TEST(Filesystem, SetSocketOwnerNoFollowChangesTheSocket) {
 TEST(Filesystem, SetSocketOwnerNoFollowRefusesASymlinkAndLeavesItsTargetAlone) {
   testing::TempDir dir;
   std::string target = dir.File("precious");
-  {
-    std::FILE* f = std::fopen(target.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    std::fclose(f);
-  }
-  ASSERT_EQ(::chmod(target.c_str(), 0600), 0);
+  ASSERT_TRUE(CreateFileWithMode(target, 0600));
   std::string sock = dir.File("s.sock");
   ASSERT_EQ(::symlink(target.c_str(), sock.c_str()), 0);
   Status s = SetSocketOwnerNoFollow(sock, 107, 108, 0666);
@@ -107,12 +109,7 @@ TEST(Filesystem, SetSocketOwnerNoFollowRefusesASymlinkAndLeavesItsTargetAlone) {
 TEST(Filesystem, SetSocketOwnerNoFollowRefusesARegularFile) {
   testing::TempDir dir;
   std::string file = dir.File("not-a-socket");
-  {
-    std::FILE* f = std::fopen(file.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    std::fclose(f);
-  }
-  ASSERT_EQ(::chmod(file.c_str(), 0600), 0);
+  ASSERT_TRUE(CreateFileWithMode(file, 0600));
   Status s = SetSocketOwnerNoFollow(file, 107, 108, 0666);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("not a socket"), std::string::npos) << s.message();
